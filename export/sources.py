@@ -1,0 +1,234 @@
+"""Where the networks come from: seeded presets or real checkpoints, as one :class:`ModelBundle`.
+
+Presets:
+    ``tiny``: the real architectures (GLIGEN inpainting UNet, SD VAE, CLIP text model, SAM ViT,
+    energy encoder) at tiny widths with seeded random weights; same seed -> identical weights.
+    ``full``: SD-1.4 and SAM ViT-H shapes with seeded random weights (full-size export, timing).
+
+Checkpoints:
+    a diffusers-format GLIGEN inpainting folder (``unet/ vae/ text_encoder/ tokenizer/``), a SAM
+    ``.pth`` and optionally the project's energy-encoder ``.safetensors``. Weights are read with
+    safetensors or ``torch.load(weights_only=True)``: loading never executes pickled code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from xsyn.errors import CheckpointError
+from xsyn.export import tokenizer as tok
+from xsyn.export.energy_encoder import EnergyAwareEncoder, EnergyEncoderConfig, load_energy_encoder
+from xsyn.export.sam_arch import TINY_SAM, VARIANTS, SamArch, build_sam, load_sam_checkpoint
+from xsyn.export.weights import load_state_strict, read_weights
+
+PRESETS = ("tiny", "full")
+
+
+@dataclass
+class ModelBundle:
+    """The PyTorch modules every graph is exported from (None where a source lacks one).
+
+    Attributes:
+        source: human-readable origin ("preset tiny (seed 0)", "checkpoint DIR + FILE").
+        image_size: generation resolution in pixels (square), 8x the UNet latent side.
+        tokenizer_dir: folder with ``vocab.json``/``merges.txt`` matching ``text_encoder``.
+        sam_arch: SAM sizes (its ``img_size`` is the SAM encoder input side).
+    """
+
+    source: str
+    image_size: int
+    text_encoder: nn.Module | None = None
+    tokenizer_dir: Path | None = None
+    unet: nn.Module | None = None
+    vae: nn.Module | None = None
+    sam: nn.Module | None = None
+    sam_arch: SamArch | None = None
+    energy_encoder: EnergyAwareEncoder | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- presets
+
+def _unet_config(tiny: bool) -> dict:
+    common = dict(in_channels=9, out_channels=4, attention_type="gated", flip_sin_to_cos=True, freq_shift=0,
+                  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                  up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    if tiny:
+        return dict(common, sample_size=32, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
+                    cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)
+    return dict(common, sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
+
+
+def _vae_config(tiny: bool) -> dict:
+    common = dict(in_channels=3, out_channels=3, latent_channels=4, scaling_factor=0.18215,
+                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    if tiny:
+        return dict(common, sample_size=256, block_out_channels=(8, 16, 16, 32), layers_per_block=1, norm_num_groups=8)
+    return dict(common, sample_size=512, block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
+
+
+def _clip_config(tiny: bool, ids: dict[str, int]):
+    from transformers import CLIPTextConfig
+
+    if tiny:
+        return CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              max_position_embeddings=tok.MAX_LENGTH, projection_dim=32, **ids)
+    # CLIP ViT-L/14 text tower (SD-1.x); the full vocabulary size, project token ids.
+    return CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                          max_position_embeddings=tok.MAX_LENGTH, projection_dim=768, hidden_act="quick_gelu",
+                          **dict(ids, vocab_size=49408))
+
+
+def _seeded(seed: int, build):
+    """Build a module under a fixed seed, then give every all-zero parameter seeded random values.
+
+    Zero-initialised parameters (GLIGEN's gates and null features, SAM's position tables) would
+    make the random preset blind to some inputs; filling them makes parity tests meaningful.
+    """
+    torch.manual_seed(seed)
+    module = build()
+    gen = torch.Generator().manual_seed(seed + 1000)
+    with torch.no_grad():
+        for _, p in sorted(module.named_parameters()):
+            if p.numel() and not torch.any(p):
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.numel() == 1 else 0.05))
+    return module.eval()
+
+
+def default_work_dir() -> Path:
+    """Scratch folder for generated inputs (the preset tokenizer): ``$XDG_CACHE_HOME/xsyn``."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xsyn"
+
+
+def preset_bundle(name: str, seed: int = 0, work_dir: Path | None = None) -> ModelBundle:
+    """Seeded random modules of the real architectures at ``tiny`` or ``full`` size.
+
+    ``work_dir`` receives the generated tokenizer files (default :func:`default_work_dir`).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    if name not in PRESETS:
+        raise CheckpointError(f"--preset {name!r}: expected one of {PRESETS}")
+    tiny = name == "tiny"
+    tok_dir = tok.write_tokenizer_files((work_dir or default_work_dir()) / f"tokenizer_{name}")
+    ids = tok.tokenizer_ids(tok_dir)
+    arch = TINY_SAM if tiny else VARIANTS["vit_h"]
+    energy_cfg = EnergyEncoderConfig(dim=arch.prompt_dim, num_tokens=arch.num_multimask_outputs + 1,
+                                     input_size=64 if tiny else 256)
+    return ModelBundle(
+        source=f"preset {name} (seed {seed})",
+        image_size=256 if tiny else 512,
+        text_encoder=_seeded(seed, lambda: CLIPTextModel(_clip_config(tiny, ids))),
+        tokenizer_dir=tok_dir,
+        unet=_seeded(seed + 1, lambda: UNet2DConditionModel(**_unet_config(tiny))),
+        vae=_seeded(seed + 2, lambda: AutoencoderKL(**_vae_config(tiny))),
+        sam=_seeded(seed + 3, lambda: build_sam(arch)),
+        sam_arch=arch,
+        energy_encoder=_seeded(seed + 4, lambda: EnergyAwareEncoder(energy_cfg)),
+    )
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+DIFFUSERS_PARTS = {
+    "unet": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+    "vae": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+    "text_encoder": ("model.safetensors", "pytorch_model.bin"),
+}
+
+
+def _part_weights(folder: Path) -> dict[str, torch.Tensor]:
+    part = folder.name
+    for fname in DIFFUSERS_PARTS[part]:
+        if (folder / fname).is_file():
+            return read_weights(folder / fname, what=f"{part} weights")
+        index = folder / (fname + ".index.json")
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(read_weights(folder / shard, what=f"{part} weight shard"))
+            return state
+    raise CheckpointError(f"{folder}: no weights file, expected one of {list(DIFFUSERS_PARTS[part])}")
+
+
+def _part_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing, expected the {folder.name} config of a diffusers folder")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def load_diffusers_folder(folder: Path, bundle: ModelBundle) -> None:
+    """Fill ``bundle`` with the text encoder, tokenizer, UNet and VAE of a GLIGEN inpainting folder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"--checkpoint-dir {folder}: no such folder")
+    missing = [p for p in ("unet", "vae", "text_encoder", "tokenizer") if not (folder / p).is_dir()]
+    if missing:
+        raise CheckpointError(f"--checkpoint-dir {folder}: missing sub-folder(s) {missing}, expected unet/ vae/ text_encoder/ tokenizer/")
+    for fname in ("vocab.json", "merges.txt"):
+        if not (folder / "tokenizer" / fname).is_file():
+            raise CheckpointError(f"{folder / 'tokenizer' / fname}: missing, expected a CLIP tokenizer")
+
+    unet_cfg = _part_config(folder / "unet")
+    if unet_cfg.get("attention_type") != "gated" or unet_cfg.get("in_channels") != 9:
+        raise CheckpointError(
+            f"{folder / 'unet' / 'config.json'}: expected a GLIGEN inpainting UNet (attention_type 'gated', "
+            f"in_channels 9), found attention_type {unet_cfg.get('attention_type')!r}, in_channels {unet_cfg.get('in_channels')!r}"
+        )
+    unet = UNet2DConditionModel.from_config(unet_cfg)
+    load_state_strict(unet, _part_weights(folder / "unet"), folder / "unet")
+    vae = AutoencoderKL.from_config(_part_config(folder / "vae"))
+    load_state_strict(vae, _part_weights(folder / "vae"), folder / "vae")
+    text = CLIPTextModel(CLIPTextConfig.from_dict(_part_config(folder / "text_encoder")))
+    text_state = _part_weights(folder / "text_encoder")
+    text_state.pop("text_model.embeddings.position_ids", None)  # a buffer older checkpoints carry
+    load_state_strict(text, text_state, folder / "text_encoder")
+
+    bundle.unet, bundle.vae, bundle.text_encoder = unet.eval(), vae.eval(), text.eval()
+    bundle.tokenizer_dir = folder / "tokenizer"
+    bundle.image_size = int(vae.config.sample_size)
+
+
+def checkpoint_bundle(checkpoint_dir: Path | None, sam_checkpoint: Path | None, sam_variant: str | None = None,
+                      energy_checkpoint: Path | None = None) -> ModelBundle:
+    """Modules from real checkpoint files; the parts not given stay None."""
+    parts = [str(p) for p in (checkpoint_dir, sam_checkpoint, energy_checkpoint) if p]
+    bundle = ModelBundle(source="checkpoint " + " + ".join(parts), image_size=512)
+    if checkpoint_dir:
+        load_diffusers_folder(Path(checkpoint_dir), bundle)
+    if sam_checkpoint:
+        bundle.sam, bundle.sam_arch = load_sam_checkpoint(Path(sam_checkpoint), sam_variant)
+    if energy_checkpoint:
+        bundle.energy_encoder = load_energy_encoder(Path(energy_checkpoint))
+        if bundle.sam_arch and bundle.energy_encoder.config.dim != bundle.sam_arch.prompt_dim:
+            raise CheckpointError(
+                f"{energy_checkpoint}: token width {bundle.energy_encoder.config.dim} does not match the SAM "
+                f"decoder width {bundle.sam_arch.prompt_dim}"
+            )
+    elif sam_checkpoint:
+        bundle.notes.append("no energy-encoder weights: APSAM will run as SAM with its learned mask tokens")
+    return bundle
+
+
+def copy_tokenizer(bundle: ModelBundle, dest: Path) -> None:
+    """Copy the tokenizer files the orchestrators need next to the text-encoder graph."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for fname in ("vocab.json", "merges.txt"):
+        shutil.copyfile(bundle.tokenizer_dir / fname, dest / fname)

@@ -1,0 +1,118 @@
+"""One contract per network: tensor names, dtypes, shapes, profiles and batching.
+
+The same :class:`NetworkSpec` drives ONNX export (names, dynamic axes), the parity check
+(tolerance), the TensorRT build (min/opt/max profiles, fp32 layers) and the Triton
+``config.pbtxt`` (``max_batch_size``, dynamic batching). Specs are frozen, JSON-serialisable
+dataclasses; their JSON is part of every build-cache key.
+
+Shape convention: a dimension is either a fixed ``int`` or a symbolic ``str``. Symbolic names
+that appear in an input get a min/opt/max entry in :attr:`NetworkSpec.profile`; output-only
+symbols (e.g. ``"masks_h"``) are data-dependent. When ``max_batch_size > 0`` the first
+dimension of every tensor is the batch dimension ``"batch"`` (Triton's implicit batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+DTYPES = ("float32", "float16", "int32", "int64", "bool")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output.
+
+    Attributes:
+        name: tensor name in the ONNX graph, the TensorRT engine and Triton's config.
+        dtype: numpy dtype name, one of :data:`DTYPES`.
+        shape: fixed ints and symbolic dimension names.
+        doc: meaning, layout, value range and coordinate convention.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"tensor {self.name!r}: dtype {self.dtype!r} not in {DTYPES}")
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        """Axis index -> symbolic name, for ``torch.onnx.export(dynamic_axes=...)``."""
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+
+@dataclass(frozen=True)
+class DynamicBatching:
+    """Triton dynamic batcher settings for a leaf model."""
+
+    preferred_batch_sizes: tuple[int, ...]
+    max_queue_delay_us: int
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The contract of one exported network.
+
+    Attributes:
+        name: model name (ONNX folder, engine file, Triton model).
+        inputs / outputs: tensor contracts, in graph order.
+        profile: ``(symbol, min, opt, max)`` for every symbolic input dimension; TensorRT builds
+            one optimisation profile from it and sample inputs use the ``opt`` values.
+        max_batch_size: Triton ``max_batch_size``; 0 means the graph's first dimension is not a
+            request batch (the SAM decoder batches prompt sets of one image instead).
+        dynamic_batching: Triton dynamic batcher settings, or None.
+        instance_count: Triton instance-group count.
+        tolerance: allowed max abs error as a fraction of the output's scale (max |reference|).
+        fp32_layer_patterns: regexes over ONNX node names kept in fp32 in TensorRT fp16 builds.
+        opset: ONNX opset used for export.
+        description: one line for the summary table and the model config.
+    """
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    profile: tuple[tuple[str, int, int, int], ...]
+    max_batch_size: int = 0
+    dynamic_batching: DynamicBatching | None = None
+    instance_count: int = 1
+    tolerance: float = 1e-4
+    fp32_layer_patterns: tuple[str, ...] = ()
+    opset: int = 18
+    description: str = ""
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.inputs + self.outputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"network {self.name!r}: duplicate tensor names {names}")
+        profiled = {p[0] for p in self.profile}
+        for t in self.inputs:
+            for d in t.shape:
+                if isinstance(d, str) and d not in profiled:
+                    raise ValueError(f"network {self.name!r}: input dim {d!r} of {t.name!r} has no profile")
+        for sym, lo, opt, hi in self.profile:
+            if not 1 <= lo <= opt <= hi:
+                raise ValueError(f"network {self.name!r}: profile {sym} needs 1 <= min <= opt <= max")
+        if self.max_batch_size > 0:
+            for t in self.inputs + self.outputs:
+                if not t.shape or t.shape[0] != "batch":
+                    raise ValueError(f"network {self.name!r}: batched tensor {t.name!r} must start with 'batch'")
+
+    def dims(self, which: str = "opt") -> dict[str, int]:
+        """Symbol -> size at the ``min``, ``opt`` or ``max`` profile point."""
+        col = {"min": 1, "opt": 2, "max": 3}[which]
+        return {p[0]: p[col] for p in self.profile}
+
+    def concrete_shape(self, tensor: TensorSpec, which: str = "opt") -> tuple[int, ...]:
+        """The input's shape at a profile point."""
+        dims = self.dims(which)
+        return tuple(dims[d] if isinstance(d, str) else d for d in tensor.shape)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys), used in build-cache keys and manifests."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
