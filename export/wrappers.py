@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from segment_anything.utils.onnx import SamOnnxModel
 from torch import nn
+from torch.nn import functional as F
 
 from xsyn.export.attention_capture import install_capture
 
@@ -127,6 +128,18 @@ class SamDecoderExport(SamOnnxModel):
             mask_tokens,
         )
         return self.mask_postprocessing(masks, orig_im_size), scores, masks
+
+    def mask_postprocessing(self, masks: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
+        """Low-res logits -> logits at ``orig_im_size`` (as ``Sam.postprocess_masks``).
+
+        ``SamOnnxModel`` crops the padding with Python ints, which tracing freezes to the sample's
+        size; ``index_select`` over ``arange`` keeps the crop dynamic in the graph.
+        """
+        masks = F.interpolate(masks, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        unpadded = self.resize_longest_image_size(orig_im_size, self.img_size)
+        masks = masks.index_select(2, torch.arange(unpadded[0])).index_select(3, torch.arange(unpadded[1]))
+        size = orig_im_size.to(torch.int64)
+        return F.interpolate(masks, size=(size[0], size[1]), mode="bilinear", align_corners=False)
 
 
 def predict_masks_with_tokens(decoder, image_embeddings, image_pe, sparse, dense, mask_tokens):

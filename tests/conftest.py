@@ -1,0 +1,44 @@
+"""Shared fixtures: one real `xsyn export --preset tiny` run per session, fresh tiny bundles."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def cache_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("xdg_cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, cache_home):
+    """Run the real CLI once: returns (repository folder, completed process, seconds)."""
+    out = tmp_path_factory.mktemp("tiny_repo")
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "xsyn.client.cli", "export", "--preset", "tiny", "--out", str(out)],
+        capture_output=True, text=True, env=_env(cache_home), timeout=600,
+    )
+    return out, proc, time.perf_counter() - start
+
+
+@pytest.fixture
+def tiny_bundle(tmp_path):
+    """A freshly built tiny preset (seed 0), untouched by any export wrapper."""
+    from xsyn.export.sources import preset_bundle
+
+    return preset_bundle("tiny", seed=0, work_dir=tmp_path)
+
+
+def _env(cache_home: Path) -> dict:
+    import os
+
+    return dict(os.environ, XDG_CACHE_HOME=str(cache_home))
+
+
+run_env = _env

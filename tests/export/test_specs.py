@@ -1,0 +1,48 @@
+import pytest
+
+from xsyn.export.specs import NetworkSpec, TensorSpec
+
+
+def _spec(**kw):
+    base = dict(
+        name="n",
+        inputs=(TensorSpec("x", "float32", ("batch", 3, "h")),),
+        outputs=(TensorSpec("y", "float32", ("batch", 3, "h")),),
+        profile=(("batch", 1, 2, 4), ("h", 8, 16, 32)),
+        max_batch_size=4,
+    )
+    base.update(kw)
+    return NetworkSpec(**base)
+
+
+def test_concrete_shapes_follow_the_profile():
+    spec = _spec()
+    assert spec.concrete_shape(spec.inputs[0], "min") == (1, 3, 8)
+    assert spec.concrete_shape(spec.inputs[0], "opt") == (2, 3, 16)
+    assert spec.concrete_shape(spec.inputs[0], "max") == (4, 3, 32)
+    assert spec.inputs[0].dynamic_axes == {0: "batch", 2: "h"}
+
+
+def test_symbolic_input_dim_without_profile_is_rejected():
+    with pytest.raises(ValueError, match="has no profile"):
+        _spec(profile=(("batch", 1, 2, 4),))
+
+
+def test_profile_must_be_ordered():
+    with pytest.raises(ValueError, match="min <= opt <= max"):
+        _spec(profile=(("batch", 1, 2, 4), ("h", 16, 8, 32)))
+
+
+def test_batched_tensors_start_with_batch():
+    with pytest.raises(ValueError, match="must start with 'batch'"):
+        _spec(outputs=(TensorSpec("y", "float32", (3, "batch")),))
+
+
+def test_unknown_dtype_is_rejected():
+    with pytest.raises(ValueError, match="dtype"):
+        TensorSpec("x", "float64", (1,))
+
+
+def test_json_is_canonical():
+    assert _spec().to_json() == _spec().to_json()
+    assert _spec().to_json() != _spec(tolerance=1e-3).to_json()
