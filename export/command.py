@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export every network to ONNX (and TensorRT), with parity checks",
                        description="Export the networks to ONNX graphs (and TensorRT plans) in a Triton model "
                                    "repository, checking each graph against PyTorch right after export.")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=PRESETS, help="seeded random weights of the real architectures")
     src.add_argument("--checkpoint-dir", type=Path, help="diffusers GLIGEN inpainting folder (unet/ vae/ text_encoder/ tokenizer/)")
     p.add_argument("--sam-checkpoint", type=Path, help="SAM .pth (vit_h/l/b, detected from the weights)")
@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         require_tensorrt()  # fail before any work
     if args.preset is None and args.sam_checkpoint is None and args.checkpoint_dir is None:
         raise InvalidArgument("give --preset, or --checkpoint-dir and/or --sam-checkpoint")
+    if args.preset and (args.sam_checkpoint or args.energy_checkpoint):
+        raise InvalidArgument(f"--preset {args.preset} brings its own weights; drop --sam-checkpoint/--energy-checkpoint")
     started = time.perf_counter()
     if args.preset:
         bundle = preset_bundle(args.preset, args.seed)
