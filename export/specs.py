@@ -113,6 +113,20 @@ class NetworkSpec:
         dims = self.dims(which)
         return tuple(dims[d] if isinstance(d, str) else d for d in tensor.shape)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "NetworkSpec":
+        """Inverse of ``dataclasses.asdict`` (e.g. a version folder's ``network.json``)."""
+        data = dict(data)
+        data["inputs"] = tuple(TensorSpec(**dict(t, shape=tuple(t["shape"]))) for t in data["inputs"])
+        data["outputs"] = tuple(TensorSpec(**dict(t, shape=tuple(t["shape"]))) for t in data["outputs"])
+        data["profile"] = tuple(tuple(p) for p in data["profile"])
+        if data.get("dynamic_batching"):
+            db = data["dynamic_batching"]
+            data["dynamic_batching"] = DynamicBatching(tuple(db["preferred_batch_sizes"]), db["max_queue_delay_us"])
+        data["fp32_layer_patterns"] = tuple(data.get("fp32_layer_patterns", ()))
+        data["extra"] = tuple(tuple(e) for e in data.get("extra", ()))
+        return cls(**data)
+
     def to_json(self) -> str:
         """Canonical JSON (sorted keys), used in build-cache keys and manifests."""
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

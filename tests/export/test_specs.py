@@ -46,3 +46,12 @@ def test_unknown_dtype_is_rejected():
 def test_json_is_canonical():
     assert _spec().to_json() == _spec().to_json()
     assert _spec().to_json() != _spec(tolerance=1e-3).to_json()
+
+
+def test_dict_roundtrip():
+    import json
+
+    from xsyn.export.specs import DynamicBatching
+
+    spec = _spec(dynamic_batching=DynamicBatching((2, 4), 100), extra=(("k", "v"),))
+    assert NetworkSpec.from_dict(json.loads(spec.to_json())) == spec
