@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Main job on the embedded default (tiny preset): export every graph with parity checks.
+# Main job on the embedded default (tiny preset): export every graph with parity checks,
+# serve them from a real tritonserver, show health, query every leaf model once, stop.
 demo: $(STAMP)
 	$(BIN)/xsyn export --preset tiny
+	$(BIN)/xsyn demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

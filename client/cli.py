@@ -20,8 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     from xsyn.export import command as export_command
+    from xsyn.serving import command as serving_command
 
     export_command.add_parser(sub)
+    serving_command.add_parsers(sub)
     return parser
 
 

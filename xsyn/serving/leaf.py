@@ -68,6 +68,13 @@ def run_batched(runtime, spec: NetworkSpec, requests: list[dict[str, np.ndarray]
     return [{name: parts[k] for name, parts in split.items()} for k in range(len(group))]
 
 
+def _as_spec_rank(array: np.ndarray, tensor) -> np.ndarray:
+    """Undo Triton's ``[1]`` declaration of per-sample scalars (``[batch]`` arrives as ``[batch, 1]``)."""
+    if array.ndim == len(tensor.shape) + 1 and array.shape[-1] == 1:
+        return array.reshape(array.shape[:-1])
+    return array
+
+
 class TritonPythonModel:
     """Triton Python-backend model serving one exported graph."""
 
@@ -92,7 +99,7 @@ class TritonPythonModel:
                 for t in self.spec.inputs:
                     tensor = pb.get_input_tensor_by_name(request, t.name)
                     if tensor is not None:
-                        found[t.name] = tensor.as_numpy()
+                        found[t.name] = _as_spec_rank(tensor.as_numpy(), t)
                 validate_inputs(self.spec, found)
                 arrays[i] = found
             except InvalidArgument as exc:

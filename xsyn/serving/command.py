@@ -1,0 +1,165 @@
+"""``xsyn serve``, ``xsyn health``, ``xsyn repository`` and ``xsyn demo``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+from xsyn.errors import XsynError
+from xsyn.serving.repository import TARGETS, write_repository
+from xsyn.serving.server import ServerOptions, TritonServer, free_port, require_server
+
+DEFAULT_REPOSITORY = Path("model_repository")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start Triton on the model repository until Ctrl-C / SIGTERM")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", choices=("tiny", "full"), help="export the preset into the repository when missing")
+    src.add_argument("--repository", type=Path, help="serve this exported repository")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for every model to be ready")
+    p.set_defaults(handler=run_serve)
+
+    p = sub.add_parser("health", help="server state, every model with state and version, metrics address")
+    p.add_argument("--url", default="127.0.0.1:8001", help="gRPC address (default 127.0.0.1:8001)")
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.set_defaults(handler=run_health)
+
+    p = sub.add_parser("repository", help="(re)generate config.pbtxt and shims for an exported repository")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--target", choices=TARGETS, default="embedded")
+    p.add_argument("--engine", choices=("onnx", "tensorrt"), default="onnx", help="container target: backend to use")
+    p.set_defaults(handler=run_repository)
+
+    p = sub.add_parser("demo", help="export the tiny preset, serve it, query every model, stop")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.set_defaults(handler=run_demo)
+
+
+def prepare_repository(preset: str | None, repository: Path | None) -> tuple[Path, list]:
+    """Export the preset when asked (cached when up to date) and generate the embedded config."""
+    networks = []
+    repo = repository or DEFAULT_REPOSITORY
+    if preset:
+        from xsyn.export.build import run_export
+        from xsyn.export.networks import select_networks
+        from xsyn.export.sources import preset_bundle
+
+        bundle = preset_bundle(preset)
+        networks = select_networks(bundle)
+        results = run_export(networks, repo, bundle.source)
+        failed = [r.name for r in results if r.status == "failed"]
+        if failed:
+            raise XsynError(f"export failed for {failed}; see {repo / 'parity_report.json'}")
+    write_repository(repo, "embedded")
+    return repo, networks
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    repo, _ = prepare_repository(args.preset or (None if args.repository else "tiny"), args.repository)
+    options = ServerOptions(repository=repo, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
+                            metrics_port=args.metrics_port, startup_timeout=args.timeout)
+    server = TritonServer(options)
+    stop = {"requested": False}
+
+    def request_stop(signum, frame):
+        stop["requested"] = True
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    try:
+        server.start()
+        index = server.wait_until_ready()
+        print(f"xsyn serve: {len(index)} model(s) ready from {repo}/")
+        print(f"  gRPC {options.grpc_url}   HTTP {options.client_host}:{options.http_port}   metrics {options.metrics_url}")
+        print(f"  server log: {server.log_path}   (Ctrl-C or SIGTERM to stop)", flush=True)
+        while not stop["requested"]:
+            if server.process.poll() is not None:
+                raise XsynError(f"tritonserver exited unexpectedly (code {server.process.returncode}); "
+                                f"log tail:\n{server.log_tail()}")
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.stop()
+        print("xsyn serve: stopped", flush=True)
+    return 0
+
+
+def health_lines(url: str, metrics_port: int) -> tuple[list[str], bool]:
+    """Human-readable health report and whether every model is ready."""
+    client = require_server(url)
+    meta = client.get_server_metadata(as_json=True)
+    index = client.get_model_repository_index(as_json=True).get("models", [])
+    ready = client.is_server_ready()
+    lines = [f"server {meta.get('name')} {meta.get('version')} at {url}: live, {'ready' if ready else 'NOT ready'}"]
+    for m in index:
+        reason = f" ({m['reason']})" if m.get("reason") else ""
+        lines.append(f"  {m['name']:<22} v{m.get('version', '?'):<3} {m.get('state', 'UNKNOWN')}{reason}")
+    host = url.rsplit(":", 1)[0]
+    lines.append(f"metrics: http://{host}:{metrics_port}/metrics")
+    return lines, ready and all(m.get("state") == "READY" for m in index)
+
+
+def run_health(args: argparse.Namespace) -> int:
+    lines, ok = health_lines(args.url, args.metrics_port)
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def run_repository(args: argparse.Namespace) -> int:
+    names = write_repository(args.repository, args.target, args.engine)
+    print(f"xsyn repository: {args.target} config for {', '.join(names)} in {args.repository}/")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Export the tiny preset, serve it on free ports, send one raw request per leaf model, stop."""
+    import tritonclient.grpc as grpcclient
+
+    from xsyn.runtimes import OnnxRuntimeSession
+
+    print("xsyn demo: exporting the tiny preset ...", flush=True)
+    repo, networks = prepare_repository("tiny", args.repository)
+    options = ServerOptions(repository=repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    print(f"xsyn demo: starting tritonserver on {options.grpc_url} ...", flush=True)
+    with TritonServer(options):
+        print("\n".join(health_lines(options.grpc_url, options.metrics_port)[0]))
+        client = grpcclient.InferenceServerClient(options.grpc_url)
+        print(f"{'model':<22} {'served vs in-process max |diff|':>32}  outputs")
+        for net in networks:
+            inputs = net.sample_inputs(np.random.default_rng(0))
+            served = infer(client, net.spec, inputs)
+            local = OnnxRuntimeSession(repo / net.spec.name / "1" / "model.onnx").run(inputs)
+            diff = max(float(np.abs(served[k] - local[k]).max()) for k in local)
+            shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in list(served.items())[:2])
+            print(f"{net.spec.name:<22} {diff:>32.2e}  {shapes}{' ...' if len(served) > 2 else ''}")
+    print("xsyn demo: server stopped")
+    return 0
+
+
+_TRITON_DTYPES = {"float32": "FP32", "float16": "FP16", "int32": "INT32", "int64": "INT64", "bool": "BOOL"}
+
+
+def infer(client, spec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One raw gRPC request to a leaf model; per-sample scalars are sent as ``[batch, 1]``."""
+    import tritonclient.grpc as grpcclient
+
+    tensors = []
+    for t in spec.inputs:
+        value = inputs[t.name]
+        if spec.max_batch_size > 0 and len(t.shape) == 1:
+            value = value.reshape(-1, 1)
+        tensor = grpcclient.InferInput(t.name, list(value.shape), _TRITON_DTYPES[t.dtype])
+        tensor.set_data_from_numpy(value)
+        tensors.append(tensor)
+    result = client.infer(spec.name, tensors)
+    return {t.name: result.as_numpy(t.name) for t in spec.outputs}
