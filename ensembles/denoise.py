@@ -1,0 +1,131 @@
+"""GLIGEN inpainting denoising: DDIM, classifier-free guidance, known-region restoration,
+and accumulation of the UNet's cross-attention capture outputs.
+
+Follows ``diffusers.StableDiffusionGLIGENPipeline`` (inpainting mode, scheduled-sampling beta 1):
+per step the known region is restored from the input latent noised to ``t``, the batch is
+``[unconditional, conditional]`` (the unconditional half has ``box_masks = 0``), and the
+scheduler is diffusers' own ``DDIMScheduler`` with SD-1.4 constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from xsyn.errors import XsynError
+from xsyn.ensembles.runner import Runner
+
+MAX_OBJECTS = 30
+SD14_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                      clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+class Cancelled(XsynError):
+    """The client cancelled the request; raised between denoising steps."""
+
+    status = "CANCELLED"
+
+
+class TorchNoise:
+    """All of a request's random draws, from one seeded ``torch.Generator``, in a fixed order:
+    the VAE posterior sample, the initial latent, then per step the known region's noise (and
+    DDIM's variance noise when ``eta > 0``).
+
+    This is the order in which ``StableDiffusionGLIGENPipeline`` (inpainting) draws from torch's
+    global RNG (its ``generator`` only makes a 9-channel latent that the loop discards), so a
+    reference run after ``torch.manual_seed(seed)`` sees the same numbers.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def draw(self, shape) -> torch.Tensor:
+        return torch.randn(shape, generator=self.generator)
+
+
+def make_scheduler(steps: int):
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(**SD14_SCHEDULER)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def inpaint_mask(boxes: np.ndarray, size: int) -> np.ndarray:
+    """float32 ``[size, size]``: 1 outside every box (keep), 0 inside (repaint).
+
+    ``boxes``: ``[N, 4]`` xyxy normalised 0..1; corners truncate to latent cells as in diffusers.
+    """
+    mask = np.ones((size, size), np.float32)
+    for x0, y0, x1, y1 in boxes:
+        mask[int(y0 * size):int(y1 * size), int(x0 * size):int(x1 * size)] = 0
+    return mask
+
+
+@dataclass
+class DenoiseResult:
+    """Final latent ``[1, 4, s, s]`` and, per capture output, the conditional half's
+    attention summed over steps: float32 ``[77, h_l, w_l]`` (divide by ``steps`` for the mean)."""
+
+    latent: np.ndarray
+    attention_sum: dict[str, np.ndarray] = field(default_factory=dict)
+    steps: int = 0
+
+
+def grounding_inputs(phrase_embeddings: np.ndarray, boxes: np.ndarray, dim: int) -> dict[str, np.ndarray]:
+    """UNet grounding tensors for the CFG batch ``[uncond, cond]``, padded to 30 objects."""
+    n = len(boxes)
+    padded_boxes = np.zeros((2, MAX_OBJECTS, 4), np.float32)
+    padded_emb = np.zeros((2, MAX_OBJECTS, dim), np.float32)
+    masks = np.zeros((2, MAX_OBJECTS), np.float32)
+    padded_boxes[:, :n] = boxes
+    padded_emb[:, :n] = phrase_embeddings
+    masks[1, :n] = 1  # the unconditional half sees no boxes
+    return {"boxes": padded_boxes, "phrase_embeddings": padded_emb, "box_masks": masks}
+
+
+def denoise(runner: Runner, prompt_embeddings: np.ndarray, phrase_embeddings: np.ndarray, boxes: np.ndarray,
+            input_latent: np.ndarray, noise: TorchNoise, steps: int, guidance: float, eta: float = 0.0,
+            capture_outputs: tuple[str, ...] = (), should_stop: Callable[[], bool] | None = None,
+            on_step: Callable[[int, int], None] | None = None) -> DenoiseResult:
+    """Run the inpainting loop.
+
+    Args:
+        prompt_embeddings: ``[2, 77, D]`` (unconditional, conditional).
+        phrase_embeddings: ``[N, D]`` pooled phrase features; ``boxes``: ``[N, 4]`` xyxy 0..1.
+        input_latent: scaled latent of the input image ``[1, 4, s, s]`` (posterior sample).
+        capture_outputs: UNet ``attn_*`` outputs to accumulate.
+        should_stop: polled before each step; True raises :class:`Cancelled`.
+    """
+    s = input_latent.shape[-1]
+    scheduler = make_scheduler(steps)
+    mask = torch.from_numpy(inpaint_mask(boxes, s))[None, None]
+    z_input = torch.from_numpy(input_latent)
+    addition = torch.cat([z_input * mask, mask], dim=1).expand(2, -1, -1, -1).numpy()
+    latents = noise.draw((1, 4, s, s)) * scheduler.init_noise_sigma
+    grounding = grounding_inputs(phrase_embeddings, boxes, prompt_embeddings.shape[-1])
+    sums: dict[str, np.ndarray] = {}
+    wanted = ["noise_pred", *capture_outputs]
+    for i, t in enumerate(scheduler.timesteps):
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"cancelled before denoising step {i + 1}/{steps}")
+        noised_input = scheduler.add_noise(z_input, noise.draw(z_input.shape), torch.tensor([t]))
+        latents = noised_input * mask + latents * (1 - mask)
+        model_in = scheduler.scale_model_input(torch.cat([latents] * 2), t).numpy()
+        out = runner.infer("unet", {
+            "sample": np.concatenate([model_in, addition], axis=1).astype(np.float32),
+            "timestep": np.full((2,), float(t), np.float32),
+            "encoder_hidden_states": prompt_embeddings.astype(np.float32),
+            **grounding,
+        }, wanted)
+        uncond, cond = torch.from_numpy(out["noise_pred"]).chunk(2)
+        noise_pred = uncond + guidance * (cond - uncond)
+        latents = scheduler.step(noise_pred, t, latents, eta=eta, generator=noise.generator).prev_sample
+        for name in capture_outputs:
+            sums[name] = sums.get(name, 0) + out[name][1]
+        if on_step is not None:
+            on_step(i + 1, steps)
+    return DenoiseResult(latent=latents.numpy().astype(np.float32), attention_sum=sums, steps=steps)

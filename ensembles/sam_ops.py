@@ -1,0 +1,200 @@
+"""SAM through the exported graphs: preprocessing, prompts, and automatic mask generation.
+
+Coordinates: points and boxes are xy pixels of the *original* image (x right, y down); masks
+come back at the original size. Preprocessing is SAM's own (``ResizeLongestSide`` to the
+encoder size, pixel mean/std normalisation, zero padding bottom/right).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from xsyn.ensembles.runner import Runner
+
+PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
+PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
+ENCODER_MAX_BATCH = 4
+
+
+def preprocess(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` RGB -> float32 ``[3, size, size]`` encoder input."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    resized = ResizeLongestSide(size).apply_image(image).astype(np.float32)
+    normed = (resized - PIXEL_MEAN) / PIXEL_STD
+    out = np.zeros((size, size, 3), np.float32)
+    out[: normed.shape[0], : normed.shape[1]] = normed
+    return out.transpose(2, 0, 1)
+
+
+def embed_images(runner: Runner, images: list[np.ndarray], size: int) -> np.ndarray:
+    """Image embeddings ``[N, C, E, E]`` for uint8 RGB images, in encoder batches."""
+    chunks = []
+    for start in range(0, len(images), ENCODER_MAX_BATCH):
+        batch = np.stack([preprocess(im, size) for im in images[start:start + ENCODER_MAX_BATCH]])
+        chunks.append(runner.infer("sam_image_encoder", {"image": batch})["image_embeddings"])
+    return np.concatenate(chunks)
+
+
+@dataclass
+class SamImage:
+    """One image's embedding and what the decoder needs to answer prompts on it."""
+
+    runner: Runner
+    embedding: np.ndarray  # [1, C, E, E]
+    original_size: tuple[int, int]  # (H, W)
+    encoder_size: int
+    mask_tokens: np.ndarray  # [1, M, C]
+
+    @classmethod
+    def from_embedding(cls, runner, embedding, original_size, encoder_size, mask_tokens) -> "SamImage":
+        return cls(runner, embedding[None] if embedding.ndim == 3 else embedding, tuple(original_size), encoder_size,
+                   mask_tokens)
+
+    def _to_encoder_frame(self, coords: np.ndarray) -> np.ndarray:
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        return ResizeLongestSide(self.encoder_size).apply_coords(coords.astype(np.float64), self.original_size)
+
+    def predict(self, points: np.ndarray | None = None, labels: np.ndarray | None = None,
+                boxes: np.ndarray | None = None, mask_input: np.ndarray | None = None,
+                mask_tokens: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Decoder pass for ``P`` prompt sets, as ``SamPredictor.predict_torch`` builds them.
+
+        Args:
+            points: ``[P, N, 2]`` xy pixels; labels ``[P, N]`` (1 fg, 0 bg).
+            boxes: ``[P, 4]`` xyxy pixels (becomes two corner points, labels 2 and 3).
+            mask_input: ``[1 or P, 1, 4E, 4E]`` previous low-res logits.
+            mask_tokens: override of the mask tokens (APSAM), default SAM's learned ones.
+
+        Returns:
+            masks ``[P, M, H, W]`` logits, iou ``[P, M]``, low-res logits ``[P, M, 4E, 4E]``;
+            index 0 is the single-mask output, ``1:`` the multimask outputs.
+        """
+        parts_xy, parts_lab = [], []
+        p = len(points) if points is not None else len(boxes)
+        if points is not None:
+            parts_xy.append(self._to_encoder_frame(points.reshape(-1, 2)).reshape(points.shape))
+            parts_lab.append(labels.astype(np.float32))
+        if boxes is not None:
+            parts_xy.append(self._to_encoder_frame(boxes.reshape(-1, 2)).reshape(p, 2, 2))
+            parts_lab.append(np.tile(np.array([[2, 3]], np.float32), (p, 1)))
+        else:  # SAM pads point-only prompts with one "not a point"
+            parts_xy.append(np.zeros((p, 1, 2)))
+            parts_lab.append(-np.ones((p, 1), np.float32))
+        low = 4 * self.embedding.shape[-1]
+        out = self.runner.infer("sam_decoder", {
+            "image_embeddings": self.embedding.astype(np.float32),
+            "point_coords": np.concatenate(parts_xy, axis=1).astype(np.float32),
+            "point_labels": np.concatenate(parts_lab, axis=1).astype(np.float32),
+            "mask_input": (mask_input if mask_input is not None else np.zeros((1, 1, low, low))).astype(np.float32),
+            "has_mask_input": np.array([1.0 if mask_input is not None else 0.0], np.float32),
+            "orig_im_size": np.array(self.original_size, np.float32),
+            "mask_tokens": (mask_tokens if mask_tokens is not None else self.mask_tokens).astype(np.float32),
+        })
+        return out["masks"], out["iou_predictions"], out["low_res_masks"]
+
+
+@dataclass(frozen=True)
+class AmgSettings:
+    """Automatic mask generation settings (``SamAutomaticMaskGenerator``'s, one crop layer)."""
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    #: tiny profile only: split every mask into its 8-connected components of at least
+    #: ``min_component_area`` pixels (untrained SAM masks are image-wide speckle, whose
+    #: bounding box is the whole image; their components still give local candidates).
+    split_components: bool = False
+    min_component_area: int = 0
+    #: tiny profile only: binarise each mask at this quantile of its own logits instead of 0.
+    binarize_quantile: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AutoMask:
+    """One generated mask: bool ``segmentation [H, W]``, ``box`` xyxy pixels (inclusive max + 1)."""
+
+    segmentation: np.ndarray
+    area: int
+    box: tuple[float, float, float, float]
+    predicted_iou: float
+    stability_score: float
+    point: tuple[float, float]
+
+
+def generate_masks(sam_image: SamImage, settings: AmgSettings) -> list[AutoMask]:
+    """Grid of single-point prompts -> IoU / stability filters -> box NMS (``segment_anything.utils.amg``)."""
+    from segment_anything.utils.amg import (
+        MaskData, batch_iterator, batched_mask_to_box, build_point_grid, calculate_stability_score,
+        is_box_near_crop_edge, mask_to_rle_pytorch, rle_to_mask,
+    )
+    from torchvision.ops.boxes import batched_nms
+
+    h, w = sam_image.original_size
+    points = build_point_grid(settings.points_per_side) * np.array([[w, h]])
+    data = MaskData()
+    for (batch,) in batch_iterator(settings.points_per_batch, points):
+        masks, iou, _ = sam_image.predict(points=batch[:, None, :], labels=np.ones((len(batch), 1), np.float32))
+        masks, iou = torch.from_numpy(masks[:, 1:]), torch.from_numpy(iou[:, 1:])
+        part = MaskData(masks=masks.flatten(0, 1), iou_preds=iou.flatten(0, 1),
+                        points=torch.as_tensor(batch.repeat(masks.shape[1], axis=0)))
+        if settings.pred_iou_thresh > 0.0:
+            part.filter(part["iou_preds"] > settings.pred_iou_thresh)
+        part["stability_score"] = calculate_stability_score(part["masks"], 0.0, settings.stability_score_offset)
+        if settings.stability_score_thresh > 0.0:
+            part.filter(part["stability_score"] >= settings.stability_score_thresh)
+        if settings.binarize_quantile is None:
+            part["masks"] = part["masks"] > 0.0
+        elif len(part["masks"]):
+            flat = part["masks"].flatten(1)
+            cut = torch.quantile(flat[:, :: max(1, flat.shape[1] // 16384)], settings.binarize_quantile, dim=1)
+            part["masks"] = part["masks"] > cut[:, None, None]
+        part["boxes"] = batched_mask_to_box(part["masks"])
+        crop = [0, 0, w, h]
+        keep = ~is_box_near_crop_edge(part["boxes"], crop, crop)
+        if not torch.all(keep):
+            part.filter(keep)
+        part["rles"] = mask_to_rle_pytorch(part["masks"])
+        del part["masks"]
+        data.cat(part)
+        del part
+    if "rles" not in data._stats or len(data["rles"]) == 0:
+        return []
+    keep = batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros_like(data["boxes"][:, 0]),
+                       iou_threshold=settings.box_nms_thresh)
+    data.filter(keep)
+    out = []
+    for i in range(len(data["rles"])):
+        seg = rle_to_mask(data["rles"][i])
+        x0, y0, x1, y1 = (float(v) for v in data["boxes"][i])
+        out.append(AutoMask(seg, int(seg.sum()), (x0, y0, x1 + 1, y1 + 1), float(data["iou_preds"][i]),
+                            float(data["stability_score"][i]), tuple(float(v) for v in data["points"][i])))
+    if settings.split_components:
+        out = [part for m in out for part in _components(m, settings.min_component_area)]
+    return out
+
+
+def _components(mask: AutoMask, min_area: int) -> list[AutoMask]:
+    """The mask's 8-connected components of at least ``min_area`` pixels, as masks of their own."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask.segmentation, structure=np.ones((3, 3), int))
+    parts = []
+    for index, found in enumerate(ndimage.find_objects(labels), start=1):
+        component = labels == index
+        area = int(component.sum())
+        if area >= max(min_area, 1):
+            ys, xs = found
+            box = (float(xs.start), float(ys.start), float(xs.stop), float(ys.stop))
+            parts.append(AutoMask(component, area, box, mask.predicted_iou, mask.stability_score, mask.point))
+    return parts
