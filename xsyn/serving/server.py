@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -127,9 +128,18 @@ class TritonServer:
         ]
 
     def environment(self) -> dict[str, str]:
+        """The server's environment: the wheel's libraries, and this interpreter's ``libpython``.
+
+        The stub links ``libpython3.X.so.1.0`` dynamically; without this interpreter's library
+        first on the path it may pick up the system's (another patch release), whose C API does
+        not match this environment's extension modules (e.g. ``_ssl``: undefined symbol).
+        """
         env = dict(os.environ)
-        libs = str(_wheel_root().parent / "nvidia_pytriton.libs")
-        env["LD_LIBRARY_PATH"] = libs + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+        paths = [str(_wheel_root().parent / "nvidia_pytriton.libs")]
+        libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+        if libdir and soname and (Path(libdir) / soname).is_file():
+            paths.insert(0, libdir)
+        env["LD_LIBRARY_PATH"] = ":".join(paths + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
         env["PATH"] = str(Path(sys.executable).parent) + ":" + env.get("PATH", "")
         env.setdefault("XSYN_ORT_THREADS", "1")
         return env
