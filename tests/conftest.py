@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from xsyn.serving.repository import write_repository
+from xsyn.serving.server import ServerOptions, TritonServer, free_port
+
 
 @pytest.fixture(scope="session")
 def cache_home(tmp_path_factory) -> Path:
@@ -33,6 +36,31 @@ def tiny_bundle(tmp_path):
     from xsyn.export.sources import preset_bundle
 
     return preset_bundle("tiny", seed=0, work_dir=tmp_path)
+
+
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tiny_export):
+    out, proc, _ = tiny_export
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    write_repository(out, "embedded")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_repo, tmp_path_factory):
+    options = ServerOptions(repository=tiny_repo, grpc_port=free_port(), http_port=free_port(),
+                            metrics_port=free_port(), log_path=tmp_path_factory.mktemp("logs") / "triton.log")
+    with TritonServer(options) as server:
+        yield server
+
+
+@pytest.fixture
+def client(tiny_server):
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient.InferenceServerClient(tiny_server.options.grpc_url)
 
 
 def _env(cache_home: Path) -> dict:
