@@ -19,7 +19,7 @@ install: $(STAMP)
 # serve them from a real tritonserver, show health, query every leaf model once, stop.
 demo: $(STAMP)
 	$(BIN)/xsyn export --preset tiny
-	$(BIN)/xsyn demo
+	$(BIN)/xsyn demo --out demo_output
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

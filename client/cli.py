@@ -22,8 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     from xsyn.export import command as export_command
     from xsyn.serving import command as serving_command
 
+    from xsyn.client import demo, sample_data_command
+
     export_command.add_parser(sub)
     serving_command.add_parsers(sub)
+    sample_data_command.add_parser(sub)
+    demo.add_parser(sub)
     return parser
 
 

@@ -37,7 +37,10 @@ class SynthesisRequest(BaseModel):
     object of a class chosen by area group into an idle region. ``bom_alpha = 0`` turns
     occlusion off; ``mps_divisions = 0`` prompts CAR's SAM with the box only; ``car = False``
     keeps the grounding boxes. ``idle_area_range`` is in pixels at 512 x 512 (reference code:
-    500..30000); ``min_box_ratio`` defaults to the class-group file's.
+    500..30000); ``min_box_ratio`` defaults to the class-group file's. ``composite_background``
+    pastes the input's pixels back outside the generated boxes and occluded cells (default: on
+    for the tiny profile, whose untrained VAE cannot reconstruct a background; off otherwise,
+    as in the paper).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -58,6 +61,7 @@ class SynthesisRequest(BaseModel):
     class_groups_data: ClassGroups | None = None
     allow_unknown_classes: bool = False
     negative_prompt: str = Field("", max_length=300)
+    composite_background: bool | None = None
     amg: AmgOverrides = Field(default_factory=AmgOverrides)
     return_attention_maps: bool = False
     return_mps_points: bool = False

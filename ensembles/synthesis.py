@@ -31,11 +31,11 @@ from xsyn.ensembles.schema import Item, SynthesisRequest, SynthesisResponse
 #: every mask, so the tiny profile relaxes them (and widens the idle-area range) so that every
 #: stage still runs; real checkpoints use the paper's / reference code's values.
 PROFILE_DEFAULTS = {
-    "standard": {"amg": AmgSettings(), "idle_area_range": (500.0, 30000.0)},
+    "standard": {"amg": AmgSettings(), "idle_area_range": (500.0, 30000.0), "composite_background": False},
     "tiny": {"amg": AmgSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                                 box_nms_thresh=0.7, split_components=True, min_component_area=64,
                                 binarize_quantile=0.9),
-             "idle_area_range": (200.0, 60000.0)},
+             "idle_area_range": (200.0, 60000.0), "composite_background": True},
 }
 AREA_REFERENCE = 512
 
@@ -79,7 +79,9 @@ class Synthesizer:
         scale = (self.assets.image_size / AREA_REFERENCE) ** 2
         ratio = req.min_box_ratio if req.min_box_ratio is not None else groups.min_box_ratio
         rules = IdleRules(iou_threshold=req.iou_threshold, min_area=lo * scale, max_area=hi * scale, min_box_ratio=ratio)
-        record = {"profile": self.assets.profile, "generation_size": self.assets.image_size, "amg": amg.as_dict(),
+        composite = req.composite_background if req.composite_background is not None else profile["composite_background"]
+        record = {"profile": self.assets.profile, "composite_background": composite,
+                  "generation_size": self.assets.image_size, "amg": amg.as_dict(),
                   "idle_area_range_at_512": [lo, hi], "min_box_ratio": ratio, "class_groups": groups.dataset,
                   "iou_threshold": req.iou_threshold, "steps": req.steps, "guidance": req.guidance, "eta": req.eta,
                   "bom_alpha": req.bom_alpha, "car": req.car, "mps_divisions": req.mps_divisions}
@@ -154,6 +156,9 @@ class Synthesizer:
         with timer.stage("decode"):
             decoded = self.runner.infer("vae_decoder", {"latent": np.concatenate([result.latent, latent_occ])})["image"]
         unoccluded, final = images.from_model_range(decoded[0]), images.from_model_range(decoded[1])
+        if record["composite_background"]:
+            unoccluded = np.where(self._background_mask(grounding, {})[..., None], img_s, unoccluded)
+            final = np.where(self._background_mask(grounding, occlusion)[..., None], img_s, final)
 
         with timer.stage("car"):
             refined = self._refine(req, unoccluded, maps, grounding)
@@ -209,6 +214,18 @@ class Synthesizer:
         return occluded, {"applied": True, "status": "ok", "alpha": req.bom_alpha,
                           "occluder_box": [occluder[0] / sx, occluder[1] / sy, occluder[2] / sx, occluder[3] / sy],
                           "occluder_latent_box": list(occ_lat), "placements_latent": [list(p) for p in placements]}
+
+    def _background_mask(self, grounding, occlusion) -> np.ndarray:
+        """bool ``[S, S]``: pixels outside every generated box and every occluded latent cell."""
+        from xsyn.ensembles.mps import box_mask
+
+        s, f = self.assets.image_size, self.assets.image_size // self.assets.latent_size
+        changed = np.zeros((s, s), bool)
+        for _, box in grounding:
+            changed |= box_mask((s, s), box)
+        for x1, y1, x2, y2 in occlusion.get("placements_latent", []):
+            changed[y1 * f:y2 * f, x1 * f:x2 * f] = True
+        return ~changed
 
     def _refine(self, req, unoccluded, maps, grounding) -> list[car.CarResult | None]:
         if not req.car:

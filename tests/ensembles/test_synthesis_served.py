@@ -26,7 +26,8 @@ def test_served_image_equals_diffusers_gligen_pipeline(tiny_server, tiny_bundle)
     RNG; its own ``generator``, which must be given so that the global RNG is not used for it,
     only makes a 9-channel latent that the loop discards). Its VAE posterior is made contiguous:
     CPU convolutions may return channels-last tensors, and ``torch.randn_like`` would then lay the
-    same random numbers out in another order. CAR and BOM are off. Tolerance: 1 grey level."""
+    same random numbers out in another order. CAR, BOM and background compositing are off.
+    Tolerance: 1 grey level."""
     from diffusers import DDIMScheduler, StableDiffusionGLIGENPipeline
     from PIL import Image
 
@@ -38,7 +39,7 @@ def test_served_image_equals_diffusers_gligen_pipeline(tiny_server, tiny_bundle)
     classes = ["Knife", "Gun"]
     with XsynClient(tiny_server.options.grpc_url) as client:
         served = client.synthesize({"boxes": boxes, "class_names": classes, "seed": seed, "steps": steps,
-                                    "car": False, "bom_alpha": 0.0}, image).image
+                                    "car": False, "bom_alpha": 0.0, "composite_background": False}, image).image
 
     b = tiny_bundle
     pipe = StableDiffusionGLIGENPipeline(vae=b.vae, text_encoder=b.text_encoder, tokenizer=load_tokenizer(b.tokenizer_dir),

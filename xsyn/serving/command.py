@@ -11,7 +11,7 @@ import numpy as np
 
 from xsyn.errors import XsynError
 from xsyn.serving.repository import TARGETS, write_repository
-from xsyn.serving.server import ServerOptions, TritonServer, free_port, require_server
+from xsyn.serving.server import ServerOptions, TritonServer, require_server
 
 DEFAULT_REPOSITORY = Path("model_repository")
 
@@ -39,9 +39,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=("onnx", "tensorrt"), default="onnx", help="container target: backend to use")
     p.set_defaults(handler=run_repository)
 
-    p = sub.add_parser("demo", help="export the tiny preset, serve it, query every model, stop")
-    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
-    p.set_defaults(handler=run_demo)
 
 
 def prepare_repository(preset: str | None, repository: Path | None) -> tuple[Path, list]:
@@ -118,31 +115,6 @@ def run_health(args: argparse.Namespace) -> int:
 def run_repository(args: argparse.Namespace) -> int:
     names = write_repository(args.repository, args.target, args.engine)
     print(f"xsyn repository: {args.target} config for {', '.join(names)} in {args.repository}/")
-    return 0
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """Export the tiny preset, serve it on free ports, send one raw request per leaf model, stop."""
-    import tritonclient.grpc as grpcclient
-
-    from xsyn.runtimes import OnnxRuntimeSession
-
-    print("xsyn demo: exporting the tiny preset ...", flush=True)
-    repo, networks = prepare_repository("tiny", args.repository)
-    options = ServerOptions(repository=repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
-    print(f"xsyn demo: starting tritonserver on {options.grpc_url} ...", flush=True)
-    with TritonServer(options):
-        print("\n".join(health_lines(options.grpc_url, options.metrics_port)[0]))
-        client = grpcclient.InferenceServerClient(options.grpc_url)
-        print(f"{'model':<22} {'served vs in-process max |diff|':>32}  outputs")
-        for net in networks:
-            inputs = net.sample_inputs(np.random.default_rng(0))
-            served = infer(client, net.spec, inputs)
-            local = OnnxRuntimeSession(repo / net.spec.name / "1" / "model.onnx").run(inputs)
-            diff = max(float(np.abs(served[k] - local[k]).max()) for k in local)
-            shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in list(served.items())[:2])
-            print(f"{net.spec.name:<22} {diff:>32.2e}  {shapes}{' ...' if len(served) > 2 else ''}")
-    print("xsyn demo: server stopped")
     return 0
 
 
