@@ -61,7 +61,8 @@ class SamImage:
 
     def predict(self, points: np.ndarray | None = None, labels: np.ndarray | None = None,
                 boxes: np.ndarray | None = None, mask_input: np.ndarray | None = None,
-                mask_tokens: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                mask_tokens: np.ndarray | None = None, full_masks: bool = True
+                ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """Decoder pass for ``P`` prompt sets, as ``SamPredictor.predict_torch`` builds them.
 
         Args:
@@ -71,8 +72,8 @@ class SamImage:
             mask_tokens: override of the mask tokens (APSAM), default SAM's learned ones.
 
         Returns:
-            masks ``[P, M, H, W]`` logits, iou ``[P, M]``, low-res logits ``[P, M, 4E, 4E]``;
-            index 0 is the single-mask output, ``1:`` the multimask outputs.
+            masks ``[P, M, H, W]`` logits (None unless ``full_masks``), iou ``[P, M]``, low-res
+            logits ``[P, M, 4E, 4E]``; index 0 is the single-mask output, ``1:`` the multimask ones.
         """
         parts_xy, parts_lab = [], []
         p = len(points) if points is not None else len(boxes)
@@ -86,6 +87,7 @@ class SamImage:
             parts_xy.append(np.zeros((p, 1, 2)))
             parts_lab.append(-np.ones((p, 1), np.float32))
         low = 4 * self.embedding.shape[-1]
+        wanted = ["masks", "iou_predictions", "low_res_masks"] if full_masks else ["iou_predictions", "low_res_masks"]
         out = self.runner.infer("sam_decoder", {
             "image_embeddings": self.embedding.astype(np.float32),
             "point_coords": np.concatenate(parts_xy, axis=1).astype(np.float32),
@@ -94,8 +96,19 @@ class SamImage:
             "has_mask_input": np.array([1.0 if mask_input is not None else 0.0], np.float32),
             "orig_im_size": np.array(self.original_size, np.float32),
             "mask_tokens": (mask_tokens if mask_tokens is not None else self.mask_tokens).astype(np.float32),
-        })
-        return out["masks"], out["iou_predictions"], out["low_res_masks"]
+        }, wanted)
+        return out.get("masks"), out["iou_predictions"], out["low_res_masks"]
+
+    def upscale(self, low_res: torch.Tensor) -> torch.Tensor:
+        """Low-res logits ``[P, M, 4E, 4E]`` -> logits at the original size (``Sam.postprocess_masks``)."""
+        from torch.nn import functional as F
+
+        h, w = self.original_size
+        scale = self.encoder_size / max(h, w)
+        unpadded = (int(h * scale + 0.5), int(w * scale + 0.5))
+        masks = F.interpolate(low_res, (self.encoder_size, self.encoder_size), mode="bilinear", align_corners=False)
+        masks = masks[..., : unpadded[0], : unpadded[1]]
+        return F.interpolate(masks, (h, w), mode="bilinear", align_corners=False)
 
 
 @dataclass(frozen=True)
@@ -144,8 +157,10 @@ def generate_masks(sam_image: SamImage, settings: AmgSettings) -> list[AutoMask]
     points = build_point_grid(settings.points_per_side) * np.array([[w, h]])
     data = MaskData()
     for (batch,) in batch_iterator(settings.points_per_batch, points):
-        masks, iou, _ = sam_image.predict(points=batch[:, None, :], labels=np.ones((len(batch), 1), np.float32))
-        masks, iou = torch.from_numpy(masks[:, 1:]), torch.from_numpy(iou[:, 1:])
+        # only low-res logits travel back; upscaling here moves 1/(H*W/(4E)^2) of the bytes
+        _, iou, low = sam_image.predict(points=batch[:, None, :], labels=np.ones((len(batch), 1), np.float32),
+                                        full_masks=False)
+        masks, iou = sam_image.upscale(torch.from_numpy(low[:, 1:])), torch.from_numpy(iou[:, 1:])
         part = MaskData(masks=masks.flatten(0, 1), iou_preds=iou.flatten(0, 1),
                         points=torch.as_tensor(batch.repeat(masks.shape[1], axis=0)))
         if settings.pred_iou_thresh > 0.0:
