@@ -193,3 +193,35 @@ def test_bad_requests_are_invalid_argument_naming_the_field(tiny_server, client)
     assert done.as_numpy("image").shape == (100, 200, 3)
     with XsynClient(tiny_server.options.grpc_url) as sdk, pytest.raises(InvalidArgument, match="steps"):
         sdk._infer("xsyn", [sdk._bytes_input("request", b'{"steps": 0}')])
+
+
+def test_a_cancelled_request_stops_between_steps(tiny_server, client):
+    import json
+    import time
+
+    import tritonclient.grpc as grpcclient
+
+    before = _unet_stats(client)[0]
+    payload = json.dumps({"boxes": [[10, 10, 90, 90]], "class_names": ["Knife"], "steps": 400, "car": False,
+                          "bom_alpha": 0.0}).encode()
+    inputs = []
+    for name, value in (("request", np.array([payload], dtype=np.object_)), ("image", _image(3, 128, 128))):
+        t = grpcclient.InferInput(name, list(value.shape), "BYTES" if value.dtype == np.object_ else "UINT8")
+        t.set_data_from_numpy(value)
+        inputs.append(t)
+    outcome = {}
+    call = client.async_infer("xsyn", inputs, callback=lambda result, error: outcome.update(error=error))
+    deadline = time.monotonic() + 60
+    while _unet_stats(client)[0] - before < 20 and time.monotonic() < deadline:  # a few steps ran
+        time.sleep(0.05)
+    call.cancel()
+    time.sleep(3)
+    settled = _unet_stats(client)[0]
+    time.sleep(2)
+    assert _unet_stats(client)[0] == settled, "denoising went on after the cancellation"
+    assert settled - before < 400 * 2
+    assert outcome.get("error") is not None and "CANCELLED" in str(outcome["error"].status())
+    assert client.is_server_ready()
+    with XsynClient(tiny_server.options.grpc_url) as sdk:
+        assert sdk.synthesize({"boxes": [[10.0, 10.0, 90.0, 90.0]], "class_names": ["Knife"], "steps": 2},
+                              _image(3, 128, 128)).response.status == "ok"
