@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xsyn.errors import InvalidArgument, NotFound, Unavailable, XsynError
+from xsyn.ensembles.annotation import AnnotationResponse
 from xsyn.ensembles.schema import SynthesisRequest, SynthesisResponse
 
 
@@ -71,10 +72,7 @@ class XsynClient:
         if isinstance(image, (bytes, bytearray)):
             inputs.append(self._bytes_input("image_bytes", bytes(image)))
         else:
-            arr = np.ascontiguousarray(image)
-            tensor = self._grpc.InferInput("image", list(arr.shape), "UINT8" if arr.dtype == np.uint8 else "FP32")
-            tensor.set_data_from_numpy(arr)
-            inputs.append(tensor)
+            inputs.append(self._array_input("image", np.ascontiguousarray(image)))
         result = self._infer("xsyn", inputs)
         response = SynthesisResponse.model_validate_json(result.as_numpy("response").reshape(-1)[0])
         extras = {name: result.as_numpy(name) for name in ("unoccluded_image", "attention_maps")}
@@ -83,6 +81,48 @@ class XsynClient:
             unoccluded_image=extras["unoccluded_image"] if req.return_unoccluded_image else None,
             attention_maps=extras["attention_maps"] if req.return_attention_maps else None,
         )
+
+    # ------------------------------------------------------------------ annotation (apsam)
+
+    def embed(self, image: np.ndarray | bytes) -> AnnotationResponse:
+        """Encode an image once on the server; the response's ``key`` names it for clicks."""
+        return self._annotate({"op": "embed"}, image=image)[0]
+
+    def segment(self, key: str, points=(), labels=(), box=None, mask_input: np.ndarray | None = None,
+                multimask: bool = False, adaptive_points: bool = True, seed: int = 0, tokens: str = "auto"
+                ) -> "SegmentResult":
+        """Masks for points (``[x, y]`` pixels, labels 1 fg / 0 bg) and/or a box on an embedded image.
+
+        ``mask_input``: the previous result's ``low_res_mask`` (float32 ``[1, 1, 4E, 4E]``).
+        Raises :class:`NotFound` when the key is unknown or was evicted.
+        """
+        request = {"op": "segment", "key": key, "points": [list(map(float, p)) for p in points],
+                   "labels": [int(v) for v in labels], "box": list(map(float, box)) if box is not None else None,
+                   "multimask": multimask, "adaptive_points": adaptive_points, "seed": seed, "tokens": tokens}
+        response, low = self._annotate(request, mask_input=mask_input)
+        return SegmentResult(response, low)
+
+    def generate_masks(self, key: str, **overrides) -> AnnotationResponse:
+        """Automatic masks for an embedded image (``points_per_side``, thresholds may be overridden)."""
+        return self._annotate({"op": "generate", "key": key, **overrides})[0]
+
+    def _annotate(self, request: dict, image=None, mask_input=None):
+        inputs = [self._bytes_input("request", json.dumps(request).encode())]
+        if isinstance(image, (bytes, bytearray)):
+            inputs.append(self._bytes_input("image_bytes", bytes(image)))
+        elif image is not None:
+            inputs.append(self._array_input("image", np.ascontiguousarray(image)))
+        if mask_input is not None:
+            inputs.append(self._array_input("mask_input", np.ascontiguousarray(mask_input)))
+        result = self._infer("apsam", inputs)
+        response = AnnotationResponse.model_validate_json(result.as_numpy("response").reshape(-1)[0])
+        return response, result.as_numpy("low_res_mask")
+
+    def _array_input(self, name: str, array: np.ndarray):
+        dtypes = {"uint8": "UINT8", "float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64"}
+        tensor = self._grpc.InferInput(name, list(array.shape), dtypes.get(str(array.dtype), "FP32"))
+        tensor.set_data_from_numpy(array)
+        return tensor
 
     def _bytes_input(self, name: str, data: bytes):
         tensor = self._grpc.InferInput(name, [1], "BYTES")
@@ -114,5 +154,66 @@ class XsynClient:
         self.close()
 
 
-def response_json(result: SynthesisResult) -> str:
-    return json.dumps(result.response.model_dump(), indent=2)
+@dataclass
+class SegmentResult:
+    """A click's answer: masks (RLE + polygons + scores) and the low-res logits for the next click."""
+
+    response: AnnotationResponse
+    low_res_mask: np.ndarray
+
+    @property
+    def best(self):
+        return max(self.response.masks, key=lambda m: m.score)
+
+    def mask(self) -> np.ndarray:
+        """The best mask as bool ``[H, W]``."""
+        from pycocotools import mask as mask_utils
+
+        rle = self.best.rle
+        return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+
+
+class AnnotationSession:
+    """One image in an annotation tool: embed once, click many.
+
+    Clicks accumulate (foreground / background points) and each sends the previous low-res
+    mask, as SAM's interactive tools do. When the server has evicted the image's embedding
+    (NOT_FOUND) the session embeds the image again and repeats the click, once.
+    """
+
+    def __init__(self, client: XsynClient, image: np.ndarray | bytes, adaptive_points: bool = True) -> None:
+        self.client = client
+        self.image = image
+        self.adaptive_points = adaptive_points
+        self.key: str | None = None
+        self.reembeds = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the clicks (keeps the embedding)."""
+        self.points: list[list[float]] = []
+        self.labels: list[int] = []
+        self.low_res: np.ndarray | None = None
+
+    def _ensure_key(self) -> str:
+        if self.key is None:
+            self.key = self.client.embed(self.image).key
+        return self.key
+
+    def click(self, x: float, y: float, positive: bool = True, box=None, multimask: bool = False) -> SegmentResult:
+        """Add a point and segment; returns the masks for all points so far."""
+        self.points.append([float(x), float(y)])
+        self.labels.append(1 if positive else 0)
+        for attempt in range(2):
+            try:
+                result = self.client.segment(self._ensure_key(), self.points, self.labels, box=box,
+                                             mask_input=self.low_res, multimask=multimask,
+                                             adaptive_points=self.adaptive_points and len(self.points) == 1)
+                break
+            except NotFound:
+                if attempt:
+                    raise
+                self.key, self.low_res = None, None
+                self.reembeds += 1
+        self.low_res = result.low_res_mask
+        return result

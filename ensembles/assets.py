@@ -13,6 +13,10 @@ from xsyn.export.specs import NetworkSpec
 from xsyn.ensembles.runner import load_specs
 
 
+SYNTHESIS_GRAPHS = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "sam_image_encoder", "sam_decoder")
+ANNOTATION_GRAPHS = ("sam_image_encoder", "sam_decoder")
+
+
 @dataclass
 class PipelineAssets:
     """Sizes, tokenizer and sidecars of one exported repository.
@@ -28,38 +32,37 @@ class PipelineAssets:
 
     repo: Path
     specs: dict[str, NetworkSpec]
-    tokenizer: object
-    image_size: int
     sam_size: int
     sam_embedding: int
     sam_mask_tokens: np.ndarray
+    tokenizer: object = None
+    image_size: int = 0
     capture_outputs: dict[str, int] = field(default_factory=dict)
     profile: str = "standard"
 
     @classmethod
-    def load(cls, repo: Path) -> "PipelineAssets":
+    def load(cls, repo: Path, needs: tuple[str, ...] = SYNTHESIS_GRAPHS) -> "PipelineAssets":
+        """Read a repository; raises NotFound when a graph in ``needs`` was not exported."""
         from xsyn.export.tokenizer import load_tokenizer
 
         repo = Path(repo)
         specs = load_specs(repo)
-        needed = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "sam_image_encoder", "sam_decoder")
-        missing = [m for m in needed if m not in specs]
+        missing = [m for m in needs if m not in specs]
         if missing:
             raise NotFound(f"{repo}: exported graphs missing for {missing}; run `xsyn export`")
-        unet = specs["unet"]
-        captures = {t.name: int(t.shape[-1]) for t in unet.outputs if t.name.startswith("attn_")}
-        sam_in = specs["sam_image_encoder"].inputs[0].shape[-1]
-        sam_emb = specs["sam_image_encoder"].outputs[0].shape[-1]
-        manifest = json.loads((repo / "unet" / "1" / "export_manifest.json").read_text())
-        return cls(
+        assets = cls(
             repo=repo, specs=specs,
-            tokenizer=load_tokenizer(repo / "text_encoder" / "1" / "tokenizer"),
-            image_size=int(specs["vae_decoder"].outputs[0].shape[-1]),
-            sam_size=int(sam_in), sam_embedding=int(sam_emb),
+            sam_size=int(specs["sam_image_encoder"].inputs[0].shape[-1]),
+            sam_embedding=int(specs["sam_image_encoder"].outputs[0].shape[-1]),
             sam_mask_tokens=np.load(repo / "sam_decoder" / "1" / "sam_mask_tokens.npy"),
-            capture_outputs=captures,
-            profile="tiny" if str(manifest.get("source", "")).startswith("preset tiny") else "standard",
         )
+        if "unet" in specs:
+            assets.capture_outputs = {t.name: int(t.shape[-1]) for t in specs["unet"].outputs if t.name.startswith("attn_")}
+            assets.image_size = int(specs["vae_decoder"].outputs[0].shape[-1])
+            assets.tokenizer = load_tokenizer(repo / "text_encoder" / "1" / "tokenizer")
+        manifest = json.loads((repo / "sam_decoder" / "1" / "export_manifest.json").read_text())
+        assets.profile = "tiny" if str(manifest.get("source", "")).startswith("preset tiny") else "standard"
+        return assets
 
     @property
     def latent_size(self) -> int:

@@ -13,6 +13,9 @@ from xsyn.serving.repository import write_repository
 from xsyn.serving.server import ServerOptions, TritonServer, free_port
 
 
+APSAM_TEST_CACHE_BYTES = 300_000
+
+
 @pytest.fixture(scope="session")
 def cache_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("xdg_cache")
@@ -50,6 +53,9 @@ def tiny_repo(tiny_export):
 
 @pytest.fixture(scope="session")
 def tiny_server(tiny_repo, tmp_path_factory):
+    import os
+
+    os.environ["XSYN_APSAM_CACHE_BYTES"] = str(APSAM_TEST_CACHE_BYTES)  # small, so eviction is testable
     options = ServerOptions(repository=tiny_repo, grpc_port=free_port(), http_port=free_port(),
                             metrics_port=free_port(), log_path=tmp_path_factory.mktemp("logs") / "triton.log")
     with TritonServer(options) as server:

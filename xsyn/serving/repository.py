@@ -88,6 +88,7 @@ class PipelineModel:
     outputs: tuple[tuple[str, int, tuple[int, ...]], ...]
     needs: tuple[str, ...]
     instance_count: int = 4
+    parameters: tuple[tuple[str, str], ...] = ()
 
 
 PIPELINE_MODELS = (
@@ -98,6 +99,15 @@ PIPELINE_MODELS = (
         outputs=(("image", mc.TYPE_UINT8, (-1, -1, 3)), ("response", mc.TYPE_STRING, (1,)),
                  ("unoccluded_image", mc.TYPE_UINT8, (-1, -1, 3)), ("attention_maps", mc.TYPE_UINT8, (-1, -1, -1))),
         needs=("text_encoder", "unet", "vae_encoder", "vae_decoder", "sam_image_encoder", "sam_decoder"),
+    ),
+    PipelineModel(
+        name="apsam", module="xsyn.serving.annotation_model",
+        inputs=(("request", mc.TYPE_STRING, (1,), False), ("image", mc.TYPE_UINT8, (-1, -1, 3), True),
+                ("image_bytes", mc.TYPE_STRING, (1,), True), ("mask_input", mc.TYPE_FP32, (1, 1, -1, -1), True)),
+        outputs=(("response", mc.TYPE_STRING, (1,)), ("low_res_mask", mc.TYPE_FP32, (-1, 1, -1, -1))),
+        needs=("sam_image_encoder", "sam_decoder"),
+        instance_count=1,  # one process owns the embedding cache
+        parameters=(("cache_bytes", str(256 * 1024 * 1024)),),
     ),
 )
 
@@ -111,6 +121,8 @@ def pipeline_config(model: PipelineModel) -> mc.ModelConfig:
     for name, dtype, dims in model.outputs:
         config.output.add(name=name, data_type=dtype, dims=list(dims))
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=model.instance_count)
+    for key, value in model.parameters:
+        config.parameters[key].string_value = value
     return config
 
 

@@ -1,0 +1,241 @@
+"""APSAM annotation orchestrator: embed once, click many, automatic masks.
+
+Coordinates: points ``[x, y]`` and boxes ``[x0, y0, x1, y1]`` in pixels of the embedded image;
+masks come back at that image's size as COCO RLE and polygons (``[x0, y0, x1, y1, ...]``).
+Mode ``apsam`` uses the energy-aware encoder's mask tokens; ``sam`` (no energy encoder
+exported) uses SAM's learned tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from xsyn.errors import InvalidArgument
+from xsyn.ensembles import images
+from xsyn.ensembles.apg import adaptive_points
+from xsyn.ensembles.assets import PipelineAssets
+from xsyn.ensembles.embedding_cache import CachedImage, EmbeddingCache, image_key
+from xsyn.ensembles.runner import Runner
+from xsyn.ensembles.sam_ops import SamImage, embed_images, generate_masks
+from xsyn.ensembles.synthesis import PROFILE_DEFAULTS, rle_encode
+
+MAX_POINTS = 24
+
+
+class SegmentRequest(BaseModel):
+    """One click (or several points and/or a box) on an embedded image."""
+
+    model_config = ConfigDict(extra="forbid")
+    op: Literal["segment"] = "segment"
+    key: str = Field(min_length=1, max_length=64)
+    points: list[list[float]] = Field(default_factory=list)
+    labels: list[int] = Field(default_factory=list)
+    box: list[float] | None = None
+    multimask: bool = False
+    adaptive_points: bool = True
+    seed: int = Field(0, ge=0, lt=2**31)
+    #: ``auto``: the energy encoder's tokens when it was exported (APSAM), else SAM's;
+    #: ``sam``: SAM's learned mask tokens regardless.
+    tokens: Literal["auto", "sam"] = "auto"
+
+    @field_validator("points")
+    @classmethod
+    def _points(cls, points):
+        if len(points) > MAX_POINTS:
+            raise ValueError(f"{len(points)} points, at most {MAX_POINTS}")
+        for i, p in enumerate(points):
+            if len(p) != 2 or not all(math.isfinite(v) for v in p):
+                raise ValueError(f"point {i} {p} must be two finite numbers [x, y]")
+        return points
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels):
+        bad = [v for v in labels if v not in (0, 1)]
+        if bad:
+            raise ValueError(f"labels {bad} not in SAM's set (1 = foreground, 0 = background)")
+        return labels
+
+    @field_validator("box")
+    @classmethod
+    def _box(cls, box):
+        if box is not None and (len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= box[0]
+                                or box[3] <= box[1]):
+            raise ValueError(f"{box} is not a finite [x0, y0, x1, y1] box with x0 < x1, y0 < y1")
+        return box
+
+    @model_validator(mode="after")
+    def _prompt(self):
+        if len(self.points) != len(self.labels):
+            raise ValueError(f"points ({len(self.points)}) and labels ({len(self.labels)}) differ in length")
+        if not self.points and self.box is None:
+            raise ValueError("give at least one point or a box")
+        return self
+
+
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    op: Literal["embed"] = "embed"
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    op: Literal["generate"] = "generate"
+    key: str = Field(min_length=1, max_length=64)
+    points_per_side: int | None = Field(None, ge=1, le=64)
+    pred_iou_thresh: float | None = None
+    stability_score_thresh: float | None = None
+
+
+class MaskOut(BaseModel):
+    rle: dict
+    polygons: list[list[float]]
+    score: float
+    box: list[float]
+    area: int
+
+
+class AnnotationResponse(BaseModel):
+    op: str
+    key: str
+    mode: str
+    image_size: list[int]
+    cached: bool = False
+    masks: list[MaskOut] = Field(default_factory=list)
+    points: list[list[float]] = Field(default_factory=list)
+    labels: list[int] = Field(default_factory=list)
+    adaptive_points: list[list[int]] = Field(default_factory=list)
+
+
+def parse_annotation_request(payload: bytes | str | dict):
+    """Validate an embed / segment / generate request; InvalidArgument names the field."""
+    import json
+
+    try:
+        data = payload if isinstance(payload, dict) else json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"request: not valid JSON ({exc})") from None
+    models = {"embed": EmbedRequest, "segment": SegmentRequest, "generate": GenerateRequest}
+    op = data.get("op") if isinstance(data, dict) else None
+    if op not in models:
+        raise InvalidArgument(f"op: {op!r}, expected one of {sorted(models)}")
+    try:
+        return models[op].model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidArgument(f"{'.'.join(str(p) for p in first['loc']) or 'request'}: {first['msg']}") from None
+
+
+def polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[list[float]]:
+    """Outer contours of a bool mask as flat ``[x0, y0, x1, y1, ...]`` polygons (COCO style)."""
+    from skimage.measure import approximate_polygon, find_contours
+
+    padded = np.pad(mask.astype(np.uint8), 1)
+    out = []
+    for contour in find_contours(padded, 0.5):
+        contour = approximate_polygon(contour - 1, tolerance)
+        if len(contour) >= 3:
+            out.append([round(float(v), 1) for y, x in contour for v in (x, y)])
+    return out
+
+
+def mask_box(mask: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+class Annotator:
+    """Embed / segment / generate over the SAM graphs and (when exported) the energy encoder."""
+
+    def __init__(self, runner: Runner, assets: PipelineAssets, cache: EmbeddingCache) -> None:
+        self.runner = runner
+        self.assets = assets
+        self.cache = cache
+        self.energy = assets.specs.get("apsam_energy_encoder")
+
+    @property
+    def mode(self) -> str:
+        return "apsam" if self.energy is not None else "sam"
+
+    def embed(self, image: np.ndarray) -> AnnotationResponse:
+        """Run the image encoder (once per image content) and cache the embedding."""
+        image = images.check_image(image)
+        key = image_key(image)
+        h, w = image.shape[:2]
+        if key in self.cache:
+            entry = self.cache.get(key)
+            return AnnotationResponse(op="embed", key=key, mode=entry.mode, image_size=[w, h], cached=True)
+        embedding = embed_images(self.runner, [image], self.assets.sam_size)
+        tokens = self.assets.sam_mask_tokens
+        if self.energy is not None:
+            size = int(self.energy.inputs[0].shape[-1])
+            resized = images.resize(image, size, size).astype(np.float32).transpose(2, 0, 1)[None]
+            tokens = self.runner.infer("apsam_energy_encoder", {"image": resized}, ["mask_tokens"])["mask_tokens"]
+        self.cache.put(key, CachedImage(image, embedding, tokens.astype(np.float32), self.mode))
+        return AnnotationResponse(op="embed", key=key, mode=self.mode, image_size=[w, h])
+
+    def segment(self, req: SegmentRequest, mask_input: np.ndarray | None = None
+                ) -> tuple[AnnotationResponse, np.ndarray]:
+        """A click: first pass, APG points, second pass. Returns the response and the low-res
+        logits ``[1, 1, 4E, 4E]`` of the returned (best) mask, to send back with the next click."""
+        entry = self.cache.get(req.key)
+        h, w = entry.image.shape[:2]
+        for i, (x, y) in enumerate(req.points):
+            if not (0 <= x <= w and 0 <= y <= h):
+                raise InvalidArgument(f"points.{i}: {[x, y]} lies outside the {w}x{h} image")
+        if req.box is not None and (req.box[0] < 0 or req.box[1] < 0 or req.box[2] > w or req.box[3] > h):
+            raise InvalidArgument(f"box: {req.box} lies outside the {w}x{h} image")
+        low_side = 4 * self.assets.sam_embedding
+        if mask_input is not None:
+            if mask_input.shape != (1, 1, low_side, low_side) or mask_input.dtype != np.float32:
+                raise InvalidArgument(f"mask_input: {mask_input.dtype} {list(mask_input.shape)}, expected float32 "
+                                      f"[1, 1, {low_side}, {low_side}] (the previous low_res_mask)")
+            if not np.all(np.isfinite(mask_input)):
+                raise InvalidArgument("mask_input: holds NaN or infinite values")
+        mode = "sam" if req.tokens == "sam" else entry.mode
+        tokens = self.assets.sam_mask_tokens if mode == "sam" else entry.mask_tokens
+        sam = SamImage.from_embedding(self.runner, entry.embedding, (h, w), self.assets.sam_size, tokens)
+        points, labels = [list(p) for p in req.points], list(req.labels)
+        masks, iou, low = self._predict(sam, points, labels, req.box, mask_input)
+        extra: list[tuple[int, int]] = []
+        if req.adaptive_points and points:
+            extra = adaptive_points(entry.image, masks[0, 0] > 0, req.seed)
+            if extra:
+                points += [[float(x), float(y)] for x, y in extra]
+                labels += [1] * len(extra)
+                masks, iou, low = self._predict(sam, points, labels, req.box, low[:, :1])
+        chosen = list(range(1, masks.shape[1])) if req.multimask else [0]
+        outs = []
+        for k in chosen:
+            m = masks[0, k] > 0
+            outs.append(MaskOut(rle=rle_encode(m), polygons=polygons(m), score=float(iou[0, k]), box=mask_box(m),
+                                area=int(m.sum())))
+        best = chosen[int(np.argmax([iou[0, k] for k in chosen]))]
+        response = AnnotationResponse(op="segment", key=req.key, mode=mode, image_size=[w, h], masks=outs,
+                                      points=points, labels=labels, adaptive_points=[list(p) for p in extra])
+        return response, low[:, best:best + 1].astype(np.float32)
+
+    def _predict(self, sam: SamImage, points, labels, box, mask_input):
+        return sam.predict(points=np.asarray([points], np.float64) if points else None,
+                           labels=np.asarray([labels], np.float32) if points else None,
+                           boxes=np.asarray([box], np.float64) if box is not None else None, mask_input=mask_input)
+
+    def generate(self, req: GenerateRequest) -> AnnotationResponse:
+        """Automatic masks for a cached image (the synthesis pipeline's AMG code)."""
+        entry = self.cache.get(req.key)
+        h, w = entry.image.shape[:2]
+        settings = PROFILE_DEFAULTS[self.assets.profile]["amg"]
+        overrides = {k: v for k, v in req.model_dump(exclude={"op", "key"}).items() if v is not None}
+        settings = replace(settings, **overrides) if overrides else settings
+        sam = SamImage.from_embedding(self.runner, entry.embedding, (h, w), self.assets.sam_size, entry.mask_tokens)
+        found = generate_masks(sam, settings)
+        outs = [MaskOut(rle=rle_encode(m.segmentation), polygons=polygons(m.segmentation), score=m.predicted_iou,
+                        box=list(m.box), area=m.area) for m in found]
+        return AnnotationResponse(op="generate", key=req.key, mode=entry.mode, image_size=[w, h], masks=outs)
