@@ -22,12 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
     from xsyn.export import command as export_command
     from xsyn.serving import command as serving_command
 
-    from xsyn.client import demo, sample_data_command
+    from xsyn.client import annotate_job, demo, sample_data_command, synthesize_job
 
     export_command.add_parser(sub)
     serving_command.add_parsers(sub)
     sample_data_command.add_parser(sub)
     demo.add_parser(sub)
+    synthesize_job.add_parser(sub)
+    annotate_job.add_parser(sub)
     return parser
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from xsyn.errors import InvalidArgument, NotFound, Unavailable, XsynError
 from xsyn.ensembles.annotation import AnnotationResponse
-from xsyn.ensembles.schema import SynthesisRequest, SynthesisResponse
+from xsyn.ensembles.schema import SynthesisRequest, SynthesisResponse, parse_request
 
 
 class DeadlineExceeded(XsynError):
@@ -51,36 +51,105 @@ class SynthesisResult:
     attention_maps: np.ndarray | None = None
 
 
+_DTYPES = {"uint8": "UINT8", "float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64"}
+
+
+def bytes_input(name: str, data: bytes):
+    """A BYTES ``[1]`` gRPC input."""
+    import tritonclient.grpc as grpcclient
+
+    tensor = grpcclient.InferInput(name, [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
+    return tensor
+
+
+def array_input(name: str, array: np.ndarray):
+    """A gRPC input from a numpy array (its dtype decides the Triton type)."""
+    import tritonclient.grpc as grpcclient
+
+    array = np.ascontiguousarray(array)
+    tensor = grpcclient.InferInput(name, list(array.shape), _DTYPES.get(str(array.dtype), "FP32"))
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def image_input(image: np.ndarray | bytes):
+    """``image_bytes`` for encoded images, ``image`` for arrays."""
+    return bytes_input("image_bytes", bytes(image)) if isinstance(image, (bytes, bytearray)) else array_input("image", image)
+
+
+def synthesis_inputs(req: SynthesisRequest, image: np.ndarray | bytes) -> list:
+    return [bytes_input("request", req.model_dump_json(exclude_defaults=True).encode()), image_input(image)]
+
+
+def segment_request(key, points, labels, box, multimask, adaptive_points, seed, tokens="auto") -> dict:
+    return {"op": "segment", "key": key, "points": [list(map(float, p)) for p in points],
+            "labels": [int(v) for v in labels], "box": list(map(float, box)) if box is not None else None,
+            "multimask": multimask, "adaptive_points": adaptive_points, "seed": seed, "tokens": tokens}
+
+
+def annotation_result(result) -> tuple[AnnotationResponse, np.ndarray]:
+    response = AnnotationResponse.model_validate_json(result.as_numpy("response").reshape(-1)[0])
+    return response, result.as_numpy("low_res_mask")
+
+
+def synthesis_result(req: SynthesisRequest, result) -> SynthesisResult:
+    """Typed result from an ``xsyn`` model response."""
+    response = SynthesisResponse.model_validate_json(result.as_numpy("response").reshape(-1)[0])
+    return SynthesisResult(
+        image=result.as_numpy("image"), response=response,
+        unoccluded_image=result.as_numpy("unoccluded_image") if req.return_unoccluded_image else None,
+        attention_maps=result.as_numpy("attention_maps") if req.return_attention_maps else None,
+    )
+
+
+@dataclass
+class SynthesisCall:
+    """An in-flight synthesis started with :meth:`XsynClient.submit`."""
+
+    request: SynthesisRequest
+    event: object
+    context: object = None
+    result_: object = None
+    error_: XsynError | None = None
+
+    def cancel(self) -> None:
+        """Cancel the call; the server stops the request between denoising steps."""
+        self.context.cancel()
+
+    def result(self, timeout: float | None = None) -> SynthesisResult:
+        """Wait for the answer; raises the mapped error (e.g. :class:`Cancelled`)."""
+        if not self.event.wait(timeout):
+            raise DeadlineExceeded(f"no answer within {timeout} s")
+        if self.error_ is not None:
+            raise self.error_
+        return synthesis_result(self.request, self.result_)
+
+
 class XsynClient:
-    """Synchronous client. ``url``: gRPC ``host:port``; ``timeout``: seconds per call."""
+    """Synchronous client. ``url``: gRPC ``host:port``; ``timeout``: seconds per call.
+
+    ``retries``: attempts after an UNAVAILABLE answer (server starting or restarting), with
+    exponential backoff from ``backoff`` seconds. Nothing else is retried: a request the server
+    rejected, timed out or failed would fail again or could run twice.
+    """
 
     def __init__(self, url: str = "127.0.0.1:8001", timeout: float | None = 600.0, ssl: bool = False,
                  root_certificates: str | None = None, private_key: str | None = None,
-                 certificate_chain: str | None = None) -> None:
+                 certificate_chain: str | None = None, retries: int = 3, backoff: float = 0.5) -> None:
         import tritonclient.grpc as grpcclient
 
-        self._grpc = grpcclient
         self.url = url
         self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
         self._client = grpcclient.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
                                                         private_key=private_key, certificate_chain=certificate_chain)
 
     def synthesize(self, request: SynthesisRequest | dict, image: np.ndarray | bytes) -> SynthesisResult:
         """Run one synthesis. ``image``: uint8 ``[H, W, 3]`` RGB array or PNG/JPEG bytes."""
-        req = request if isinstance(request, SynthesisRequest) else SynthesisRequest.model_validate(request)
-        inputs = [self._bytes_input("request", req.model_dump_json(exclude_defaults=True).encode())]
-        if isinstance(image, (bytes, bytearray)):
-            inputs.append(self._bytes_input("image_bytes", bytes(image)))
-        else:
-            inputs.append(self._array_input("image", np.ascontiguousarray(image)))
-        result = self._infer("xsyn", inputs)
-        response = SynthesisResponse.model_validate_json(result.as_numpy("response").reshape(-1)[0])
-        extras = {name: result.as_numpy(name) for name in ("unoccluded_image", "attention_maps")}
-        return SynthesisResult(
-            image=result.as_numpy("image"), response=response,
-            unoccluded_image=extras["unoccluded_image"] if req.return_unoccluded_image else None,
-            attention_maps=extras["attention_maps"] if req.return_attention_maps else None,
-        )
+        req = request if isinstance(request, SynthesisRequest) else parse_request(request)
+        return synthesis_result(req, self._infer("xsyn", synthesis_inputs(req, image)))
 
     # ------------------------------------------------------------------ annotation (apsam)
 
@@ -96,9 +165,7 @@ class XsynClient:
         ``mask_input``: the previous result's ``low_res_mask`` (float32 ``[1, 1, 4E, 4E]``).
         Raises :class:`NotFound` when the key is unknown or was evicted.
         """
-        request = {"op": "segment", "key": key, "points": [list(map(float, p)) for p in points],
-                   "labels": [int(v) for v in labels], "box": list(map(float, box)) if box is not None else None,
-                   "multimask": multimask, "adaptive_points": adaptive_points, "seed": seed, "tokens": tokens}
+        request = segment_request(key, points, labels, box, multimask, adaptive_points, seed, tokens)
         response, low = self._annotate(request, mask_input=mask_input)
         return SegmentResult(response, low)
 
@@ -107,33 +174,46 @@ class XsynClient:
         return self._annotate({"op": "generate", "key": key, **overrides})[0]
 
     def _annotate(self, request: dict, image=None, mask_input=None):
-        inputs = [self._bytes_input("request", json.dumps(request).encode())]
-        if isinstance(image, (bytes, bytearray)):
-            inputs.append(self._bytes_input("image_bytes", bytes(image)))
-        elif image is not None:
-            inputs.append(self._array_input("image", np.ascontiguousarray(image)))
+        inputs = [bytes_input("request", json.dumps(request).encode())]
+        if image is not None:
+            inputs.append(image_input(image))
         if mask_input is not None:
-            inputs.append(self._array_input("mask_input", np.ascontiguousarray(mask_input)))
-        result = self._infer("apsam", inputs)
-        response = AnnotationResponse.model_validate_json(result.as_numpy("response").reshape(-1)[0])
-        return response, result.as_numpy("low_res_mask")
-
-    def _array_input(self, name: str, array: np.ndarray):
-        dtypes = {"uint8": "UINT8", "float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64"}
-        tensor = self._grpc.InferInput(name, list(array.shape), dtypes.get(str(array.dtype), "FP32"))
-        tensor.set_data_from_numpy(array)
-        return tensor
-
-    def _bytes_input(self, name: str, data: bytes):
-        tensor = self._grpc.InferInput(name, [1], "BYTES")
-        tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
-        return tensor
+            inputs.append(array_input("mask_input", mask_input))
+        return annotation_result(self._infer("apsam", inputs))
 
     def _infer(self, model: str, inputs):
-        try:
-            return self._client.infer(model, inputs, client_timeout=self.timeout)
-        except Exception as exc:  # tritonclient raises InferenceServerException for every gRPC status
-            raise map_error(exc) from None
+        import time
+
+        for attempt in range(self.retries + 1):
+            try:
+                return self._client.infer(model, inputs, client_timeout=self.timeout)
+            except Exception as exc:  # tritonclient raises InferenceServerException for every gRPC status
+                error = map_error(exc)
+                if not isinstance(error, Unavailable) or attempt == self.retries:
+                    raise error from None
+                time.sleep(self.backoff * 2**attempt)
+
+    def submit(self, request: SynthesisRequest | dict, image: np.ndarray | bytes) -> "SynthesisCall":
+        """Start a synthesis without waiting; the returned call can be waited on or cancelled."""
+        import threading
+
+        req = request if isinstance(request, SynthesisRequest) else parse_request(request)
+        call = SynthesisCall(req, threading.Event())
+
+        def done(result, error):
+            call.result_ = result
+            call.error_ = map_error(error) if error is not None else None
+            call.event.set()
+
+        call.context = self._client.async_infer("xsyn", synthesis_inputs(req, image), callback=done,
+                                                client_timeout=self.timeout)
+        return call
+
+    def infer_raw(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One request to any model (leaf graphs included) with numpy inputs; all outputs back."""
+        tensors = [array_input(name, value) for name, value in inputs.items()]
+        result = self._infer(model, tensors)
+        return {out["name"]: result.as_numpy(out["name"]) for out in result.get_response(as_json=True)["outputs"]}
 
     def health(self) -> dict:
         """Server liveness/readiness and every model's state."""
@@ -217,3 +297,58 @@ class AnnotationSession:
                 self.reembeds += 1
         self.low_res = result.low_res_mask
         return result
+
+
+class AsyncXsynClient:
+    """asyncio variant over ``tritonclient.grpc.aio``: ``await client.synthesize(...)`` etc.
+
+    Cancelling the awaiting task cancels the gRPC call (the server stops between steps).
+    """
+
+    def __init__(self, url: str = "127.0.0.1:8001", timeout: float | None = 600.0, ssl: bool = False,
+                 root_certificates: str | None = None, private_key: str | None = None,
+                 certificate_chain: str | None = None) -> None:
+        import tritonclient.grpc.aio as aioclient
+
+        self.timeout = timeout
+        self._client = aioclient.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
+                                                       private_key=private_key, certificate_chain=certificate_chain)
+
+    async def _infer(self, model, inputs):
+        try:
+            return await self._client.infer(model, inputs, client_timeout=self.timeout)
+        except Exception as exc:
+            raise map_error(exc) from None
+
+    async def synthesize(self, request: SynthesisRequest | dict, image: np.ndarray | bytes) -> SynthesisResult:
+        req = request if isinstance(request, SynthesisRequest) else parse_request(request)
+        return synthesis_result(req, await self._infer("xsyn", synthesis_inputs(req, image)))
+
+    async def embed(self, image: np.ndarray | bytes) -> AnnotationResponse:
+        inputs = [bytes_input("request", b'{"op": "embed"}'), image_input(image)]
+        return annotation_result(await self._infer("apsam", inputs))[0]
+
+    async def segment(self, key: str, points=(), labels=(), box=None, mask_input=None, multimask=False,
+                      adaptive_points=True, seed=0, tokens="auto") -> SegmentResult:
+        request = segment_request(key, points, labels, box, multimask, adaptive_points, seed, tokens)
+        inputs = [bytes_input("request", json.dumps(request).encode())]
+        if mask_input is not None:
+            inputs.append(array_input("mask_input", mask_input))
+        return SegmentResult(*annotation_result(await self._infer("apsam", inputs)))
+
+    async def health(self) -> dict:
+        try:
+            index = (await self._client.get_model_repository_index(as_json=True)).get("models", [])
+            return {"live": await self._client.is_server_live(), "ready": await self._client.is_server_ready(),
+                    "models": {m["name"]: m.get("state", "UNKNOWN") for m in index}}
+        except Exception as exc:
+            raise map_error(exc) from None
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> "AsyncXsynClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

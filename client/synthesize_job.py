@@ -1,0 +1,252 @@
+"""``xsyn synthesize``: a COCO set in, synthetic images + one COCO file out; resumable.
+
+Work items are ``(source image, k)`` for ``k < per_image``, each with a seed derived from the
+job seed, the image id and ``k``. An item is finished when its provenance record
+``records/<item>.json`` exists; records and images are written to a temporary name and renamed,
+so a killed job never leaves a half-written item that looks finished. A restarted job skips
+finished items and repeats nothing; ``annotations.json`` is rebuilt from all records at the end,
+in item order, so an interrupted-and-resumed job and an uninterrupted one give the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xsyn.errors import XsynError
+from xsyn.client.coco import SourceImage, read_coco
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("synthesize", help="synthesize a COCO dataset through the server (or --local)")
+    p.add_argument("--images", type=Path, required=True, help="folder the COCO file_names are relative to")
+    p.add_argument("--annotations", type=Path, required=True, help="COCO JSON with boxes and categories")
+    p.add_argument("--mode", choices=("add", "modify"), required=True)
+    p.add_argument("--per-image", type=int, default=1, help="synthetic images per source image")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--concurrency", type=int, default=2, help="requests in flight (default 2)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--server", default="127.0.0.1:8001", help="gRPC address (default 127.0.0.1:8001)")
+    where.add_argument("--local", type=Path, nargs="?", const=Path("model_repository"), metavar="REPOSITORY",
+                       help="run in-process on an exported repository instead (default model_repository/)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--class-groups", default="pidray")
+    p.add_argument("--request", type=json.loads, default={}, help="extra SynthesisRequest fields as JSON")
+    p.add_argument("--preview", action="store_true", help="PNG overlays and a contact sheet in preview/")
+    p.add_argument("--limit", type=int, default=None, help="stop after this many items (testing, sampling)")
+    p.set_defaults(handler=run)
+
+
+@dataclass
+class WorkItem:
+    source: SourceImage
+    k: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{Path(self.source.file_name).stem}_{self.source.image_id}_{self.k}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def item_seed(job_seed: int, image_id: int, k: int) -> int:
+    return (job_seed * 1_000_003 + image_id * 1_009 + k) % (2**31)
+
+
+class Backend:
+    """Where synthesis runs: the server (SDK) or in-process (same orchestrator)."""
+
+    def __init__(self, args) -> None:
+        self.local = args.local
+        if args.local is not None:
+            from xsyn.ensembles.assets import PipelineAssets
+            from xsyn.ensembles.runner import LocalRunner
+            from xsyn.ensembles.synthesis import Synthesizer
+
+            self.synthesizer = Synthesizer(LocalRunner(args.local), PipelineAssets.load(args.local))
+            self.versions = _repository_versions(Path(args.local))
+            self.where = f"local:{args.local}"
+        else:
+            from xsyn.client.sdk import XsynClient
+
+            self.client = XsynClient(args.server)
+            health = self.client.health()
+            self.versions = {"server": args.server, "models": health["models"]}
+            self.where = f"grpc:{args.server}"
+
+    def synthesize(self, request: dict, image: np.ndarray):
+        if self.local is not None:
+            from xsyn.ensembles.schema import parse_request
+
+            out = self.synthesizer.run(parse_request(request), image)
+            return out.image, out.response, out.unoccluded_image, out.attention_maps
+        result = self.client.synthesize(request, image)
+        return result.image, result.response, result.unoccluded_image, result.attention_maps
+
+
+def _repository_versions(repo: Path) -> dict:
+    versions = {}
+    for manifest in sorted(repo.glob("*/1/export_manifest.json")):
+        data = json.loads(manifest.read_text())
+        versions[manifest.parent.parent.name] = {"weights_sha256": data.get("weights_sha256", "")[:16],
+                                                 "source": data.get("source")}
+    return versions
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from xsyn.ensembles.class_groups import load_class_groups
+
+    groups = load_class_groups(args.class_groups)
+    coco = read_coco(args.images, args.annotations, set(groups.classes))
+    out = args.out
+    (out / "records").mkdir(parents=True, exist_ok=True)
+    items = [WorkItem(src, k, item_seed(args.seed, src.image_id, k)) for src in coco.images for k in range(args.per_image)]
+    if args.limit is not None:
+        items = items[: args.limit]
+    finished = {it.name for it in items if (out / "records" / f"{it.name}.json").is_file()}
+    todo = [it for it in items if it.name not in finished]
+    skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for problem in coco.problems:
+        print(f"  input: {problem}")
+    backend = Backend(args)
+    lock = threading.Lock()
+
+    def work(item: WorkItem) -> str:
+        src = item.source
+        if not src.path.is_file():
+            raise FileNotFoundError(f"image file {src.path} not found")
+        if args.mode == "modify" and not src.boxes:
+            return "skipped: no usable annotations to modify"
+        from PIL import Image
+
+        image = np.asarray(Image.open(src.path).convert("RGB"))
+        request = {**args.request, "mode": args.mode, "seed": item.seed, "steps": args.steps,
+                   "class_groups": args.class_groups, "boxes": src.boxes if args.mode == "modify" else [],
+                   "class_names": src.class_names if args.mode == "modify" else [],
+                   "return_attention_maps": args.preview, "return_mps_points": args.preview,
+                   "return_unoccluded_image": args.preview}
+        if args.mode == "add":  # the existing annotations are kept and avoided by the idle-region rule
+            request.update(boxes=src.boxes, class_names=src.class_names)
+        start = time.perf_counter()
+        final, response, unoccluded, attention = backend.synthesize(request, image)
+        if response.status != "ok":
+            return f"skipped: {response.status}"
+        write_atomic(out / "images" / f"{item.name}.png", png_bytes(final))
+        if args.preview:
+            from xsyn.client.preview import overlay
+
+            write_atomic(out / "preview" / f"{item.name}.png", png_bytes(overlay(unoccluded, response, attention)))
+        record = {"item": item.name, "file_name": f"images/{item.name}.png", "source_image": str(src.file_name),
+                  "source_image_id": src.image_id, "k": item.k, "seed": item.seed, "mode": args.mode,
+                  "request": {k: v for k, v in request.items() if not k.startswith("return_")},
+                  "backend": backend.where, "model_versions": backend.versions,
+                  "seconds": round(time.perf_counter() - start, 3), "response": response.model_dump()}
+        write_atomic(out / "records" / f"{item.name}.json", json.dumps(record, indent=1).encode())
+        return "done"
+
+    bar = tqdm(total=len(items), initial=len(finished), unit="img", desc="synthesize", dynamic_ncols=True)
+    with ThreadPoolExecutor(max_workers=max(1, args.concurrency)) as pool:
+        futures = {pool.submit(work, it): it for it in todo}
+        for future in as_completed(futures):
+            item = futures[future]
+            try:
+                outcome = future.result()
+            except XsynError as exc:
+                outcome = f"failed: {type(exc).__name__}: {exc}"
+            except Exception as exc:  # reported per item; the run goes on
+                outcome = f"failed: {type(exc).__name__}: {exc}"
+            with lock:
+                if outcome.startswith("skipped"):
+                    skipped[item.name] = outcome[len("skipped: "):]
+                elif outcome.startswith("failed"):
+                    failed[item.name] = outcome[len("failed: "):]
+                bar.update(1)
+    bar.close()
+    coco_path = build_coco(out, [it.name for it in items], coco.categories)
+    if args.preview:
+        write_contact_sheet(out)
+    done_now = len(todo) - len(skipped) - len(failed)
+    print(f"xsyn synthesize: {done_now} done now, {len(finished)} already done (resumed), "
+          f"{len(skipped)} skipped, {len(failed)} failed -> {coco_path}")
+    for name, why in sorted(skipped.items()):
+        print(f"  skipped {name}: {why}")
+    for name, why in sorted(failed.items()):
+        print(f"  failed  {name}: {why}")
+    return 1 if failed else 0
+
+
+def build_coco(out: Path, item_names: list[str], input_categories: list[str]) -> Path:
+    """One COCO file from every finished record, in item order (same content however the job ran)."""
+    records = [json.loads((out / "records" / f"{n}.json").read_text()) for n in item_names
+               if (out / "records" / f"{n}.json").is_file()]
+    names = sorted({i["class_name"] for r in records for i in r["response"]["items"]} | set(input_categories))
+    cat_id = {n: k + 1 for k, n in enumerate(names)}
+    coco = {"info": {"description": "xsyn synthetic images", "records": "records/"},
+            "categories": [{"id": i, "name": n, "supercategory": "threat"} for n, i in cat_id.items()],
+            "images": [], "annotations": []}
+    for image_id, r in enumerate(records, start=1):
+        w, h = r["response"]["image_size"]
+        coco["images"].append({"id": image_id, "file_name": r["file_name"], "width": w, "height": h,
+                               "source_image": r["source_image"], "seed": r["seed"], "mode": r["mode"]})
+        for item in r["response"]["items"]:
+            x0, y0, x1, y1 = item["box"]
+            ann = {"id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": cat_id[item["class_name"]],
+                   "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
+                   "xsyn_source": item["source"], "xsyn_status": item["status"]}
+            if item.get("mask"):
+                from pycocotools import mask as mask_utils
+
+                ann["segmentation"] = item["mask"]
+                ann["area"] = float(mask_utils.area({"size": item["mask"]["size"],
+                                                      "counts": item["mask"]["counts"].encode()}))
+            coco["annotations"].append(ann)
+    path = out / "annotations.json"
+    write_atomic(path, json.dumps(coco, indent=1).encode())
+    return path
+
+
+def write_contact_sheet(out: Path, limit: int = 24) -> None:
+    from PIL import Image
+
+    from xsyn.client.preview import contact_sheet
+
+    previews = sorted((out / "preview").glob("*.png"))[:limit]
+    previews = [p for p in previews if p.name != "contact_sheet.png"]
+    if not previews:
+        return
+    tiles = [np.asarray(Image.open(p).convert("RGB")) for p in previews]
+    rows = [tiles[i:i + 4] for i in range(0, len(tiles), 4)]
+    sheet = contact_sheet(rows, [", ".join(p.stem for p in previews[i:i + 4]) for i in range(0, len(previews), 4)])
+    write_atomic(out / "preview" / "contact_sheet.png", png_bytes(sheet))
