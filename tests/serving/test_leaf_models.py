@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def test_every_leaf_model_answers_like_in_process_onnxruntime(client, tiny_repo, tiny_bundle):
     index = {m["name"]: m["state"] for m in client.get_model_repository_index(as_json=True)["models"]}
     nets = select_networks(tiny_bundle)
-    assert index == {**{net.spec.name: "READY" for net in nets}, "xsyn": "READY"}
+    assert index == {**{net.spec.name: "READY" for net in nets}, "xsyn": "READY", "apsam": "READY"}
     for net in nets:
         inputs = net.sample_inputs(np.random.default_rng(11))
         served = infer(client, net.spec, inputs)

@@ -18,7 +18,7 @@ def test_committed_repository_matches_the_tiny_specs(tiny_bundle):
         folder = ROOT / "model_repository" / net.spec.name
         assert (folder / "config.pbtxt").read_text() == config_text(leaf_config(net.spec)), net.spec.name
         assert (folder / "1" / "model.py").read_text() == LEAF_SHIM
-    assert sorted(p.name for p in (ROOT / "model_repository").iterdir() if p.is_dir()) == sorted([*NETWORK_NAMES, "xsyn"])
+    assert sorted(p.name for p in (ROOT / "model_repository").iterdir() if p.is_dir()) == sorted([*NETWORK_NAMES, "xsyn", "apsam"])
 
 
 def test_container_target_uses_native_backends(tiny_bundle):
