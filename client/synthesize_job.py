@@ -40,7 +40,8 @@ def add_parser(sub) -> None:
                        help="run in-process on an exported repository instead (default model_repository/)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--class-groups", default="pidray")
+    p.add_argument("--class-groups", default="pidray",
+                   help="pidray | opixray | hixray, or a class-group JSON file of your own (same schema)")
     p.add_argument("--request", type=json.loads, default={}, help="extra SynthesisRequest fields as JSON")
     p.add_argument("--preview", action="store_true", help="PNG overlays and a contact sheet in preview/")
     p.add_argument("--limit", type=int, default=None, help="stop after this many items (testing, sampling)")
@@ -122,12 +123,27 @@ def _repository_versions(repo: Path) -> dict:
     return versions
 
 
+def resolve_class_groups(value: str):
+    """A shipped group name or a user JSON file -> (groups, the request fields that select them)."""
+    from pydantic import ValidationError
+
+    from xsyn.errors import InvalidArgument
+    from xsyn.ensembles.class_groups import ClassGroups, load_class_groups
+
+    path = Path(value)
+    if path.suffix == ".json" or path.is_file():
+        try:
+            groups = ClassGroups.model_validate_json(path.read_text())
+        except (OSError, ValidationError) as exc:
+            raise InvalidArgument(f"--class-groups {path}: not a readable class-group file ({exc})") from None
+        return groups, {"class_groups_data": groups.model_dump()}
+    return load_class_groups(value), {"class_groups": value}
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from xsyn.ensembles.class_groups import load_class_groups
-
-    groups = load_class_groups(args.class_groups)
+    groups, group_fields = resolve_class_groups(args.class_groups)
     coco = read_coco(args.images, args.annotations, set(groups.classes))
     out = args.out
     (out / "records").mkdir(parents=True, exist_ok=True)
@@ -153,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
         image = np.asarray(Image.open(src.path).convert("RGB"))
         request = {**args.request, "mode": args.mode, "seed": item.seed, "steps": args.steps,
-                   "class_groups": args.class_groups, "boxes": src.boxes if args.mode == "modify" else [],
+                   **group_fields, "boxes": src.boxes if args.mode == "modify" else [],
                    "class_names": src.class_names if args.mode == "modify" else [],
                    "return_attention_maps": args.preview, "return_mps_points": args.preview,
                    "return_unoccluded_image": args.preview}
