@@ -13,32 +13,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xsyn.errors import InvalidArgument, NotFound, Unavailable, XsynError
+from xsyn.errors import (  # noqa: F401  (re-exported: the SDK's exceptions)
+    BY_STATUS, Cancelled, DeadlineExceeded, InternalError, InvalidArgument, NotFound, Unavailable, XsynError,
+)
 from xsyn.ensembles.annotation import AnnotationResponse
 from xsyn.ensembles.schema import SynthesisRequest, SynthesisResponse, parse_request
 
 
-class DeadlineExceeded(XsynError):
-    status = "DEADLINE_EXCEEDED"
-
-
-class Cancelled(XsynError):
-    status = "CANCELLED"
-
-
-class InternalError(XsynError):
-    status = "INTERNAL"
-
-
-_BY_STATUS = {"INVALID_ARGUMENT": InvalidArgument, "NOT_FOUND": NotFound, "UNAVAILABLE": Unavailable,
-              "DEADLINE_EXCEEDED": DeadlineExceeded, "CANCELLED": Cancelled}
 
 
 def map_error(exc: Exception) -> XsynError:
     """A ``tritonclient`` exception -> the product exception of its gRPC status."""
     status = str(getattr(exc, "status", lambda: "")() or "").replace("StatusCode.", "")
     message = exc.message() if hasattr(exc, "message") else str(exc)
-    return _BY_STATUS.get(status, InternalError)(message)
+    return BY_STATUS.get(status, InternalError)(message)
 
 
 @dataclass

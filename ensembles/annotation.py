@@ -22,6 +22,7 @@ from xsyn.ensembles.assets import PipelineAssets
 from xsyn.ensembles.embedding_cache import CachedImage, EmbeddingCache, image_key
 from xsyn.ensembles.runner import Runner
 from xsyn.ensembles.sam_ops import SamImage, embed_images, generate_masks
+from xsyn.ensembles.schema import check_box, outside
 from xsyn.ensembles.synthesis import PROFILE_DEFAULTS, rle_encode
 
 MAX_POINTS = 24
@@ -64,9 +65,8 @@ class SegmentRequest(BaseModel):
     @field_validator("box")
     @classmethod
     def _box(cls, box):
-        if box is not None and (len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= box[0]
-                                or box[3] <= box[1]):
-            raise ValueError(f"{box} is not a finite [x0, y0, x1, y1] box with x0 < x1, y0 < y1")
+        if box is not None:
+            check_box(box)
         return box
 
     @model_validator(mode="after")
@@ -190,7 +190,7 @@ class Annotator:
         for i, (x, y) in enumerate(req.points):
             if not (0 <= x <= w and 0 <= y <= h):
                 raise InvalidArgument(f"points.{i}: {[x, y]} lies outside the {w}x{h} image")
-        if req.box is not None and (req.box[0] < 0 or req.box[1] < 0 or req.box[2] > w or req.box[3] > h):
+        if req.box is not None and outside(req.box, w, h):
             raise InvalidArgument(f"box: {req.box} lies outside the {w}x{h} image")
         low_side = 4 * self.assets.sam_embedding
         if mask_input is not None:

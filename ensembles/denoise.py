@@ -15,18 +15,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from xsyn.errors import XsynError
+from xsyn.errors import Cancelled
 from xsyn.ensembles.runner import Runner
 
 MAX_OBJECTS = 30
 SD14_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                       clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-
-
-class Cancelled(XsynError):
-    """The client cancelled the request; raised between denoising steps."""
-
-    status = "CANCELLED"
 
 
 class TorchNoise:

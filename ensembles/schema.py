@@ -30,6 +30,21 @@ class AmgOverrides(BaseModel):
     box_nms_thresh: float | None = Field(None, gt=0, le=1)
 
 
+def check_box(box: list[float], label: str = "box") -> None:
+    """ValueError unless ``box`` is four finite numbers ``[x0, y0, x1, y1]`` with x0 < x1, y0 < y1."""
+    if len(box) != 4:
+        raise ValueError(f"{label} has {len(box)} values, expected 4 (x0, y0, x1, y1)")
+    if not all(math.isfinite(v) for v in box):
+        raise ValueError(f"{label} {box} holds NaN or infinity")
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise ValueError(f"{label} {box} is empty or inverted (need x0 < x1, y0 < y1)")
+
+
+def outside(box, width: int, height: int) -> bool:
+    """True when an xyxy box leaves the ``width x height`` image."""
+    return box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height
+
+
 class SynthesisRequest(BaseModel):
     """Everything but the image.
 
@@ -73,12 +88,7 @@ class SynthesisRequest(BaseModel):
         if len(boxes) > MAX_OBJECTS:
             raise ValueError(f"{len(boxes)} boxes, at most {MAX_OBJECTS}")
         for i, box in enumerate(boxes):
-            if len(box) != 4:
-                raise ValueError(f"box {i} has {len(box)} values, expected 4 (x0, y0, x1, y1)")
-            if not all(math.isfinite(v) for v in box):
-                raise ValueError(f"box {i} {box} holds NaN or infinity")
-            if box[2] <= box[0] or box[3] <= box[1]:
-                raise ValueError(f"box {i} {box} is empty or inverted (need x0 < x1, y0 < y1)")
+            check_box(box, f"box {i}")
         return boxes
 
     @field_validator("class_names")

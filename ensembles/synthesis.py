@@ -25,7 +25,7 @@ from xsyn.ensembles.idle_regions import IdleRules, box_area, pick_idle_box
 from xsyn.ensembles.prompts import encode_phrases, encode_prompts, phrase_token_positions
 from xsyn.ensembles.runner import Runner
 from xsyn.ensembles.sam_ops import AmgSettings, SamImage, embed_images, generate_masks
-from xsyn.ensembles.schema import Item, SynthesisRequest, SynthesisResponse
+from xsyn.ensembles.schema import Item, SynthesisRequest, SynthesisResponse, outside
 
 #: Defaults per repository profile. Untrained tiny weights make SAM's default filters reject
 #: every mask, so the tiny profile relaxes them (and widens the idle-area range) so that every
@@ -95,9 +95,9 @@ class Synthesizer:
                 if name not in groups.classes:
                     raise InvalidArgument(f"class_names.{i}: unknown class {name!r} for {groups.dataset}; "
                                           f"expected one of {groups.classes} (or allow_unknown_classes)")
-        for i, (x0, y0, x1, y1) in enumerate(req.boxes):
-            if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-                raise InvalidArgument(f"boxes.{i}: {[x0, y0, x1, y1]} lies outside the {width}x{height} image")
+        for i, box in enumerate(req.boxes):
+            if outside(box, width, height):
+                raise InvalidArgument(f"boxes.{i}: {box} lies outside the {width}x{height} image")
 
     # ------------------------------------------------------------------ the pipeline
 

@@ -47,14 +47,26 @@ class Unavailable(XsynError):
     status = "UNAVAILABLE"
 
 
-#: gRPC status code name -> numeric code (grpc.StatusCode values), the one mapping table.
-GRPC_CODES = {
-    "OK": 0,
-    "CANCELLED": 1,
-    "INVALID_ARGUMENT": 3,
-    "DEADLINE_EXCEEDED": 4,
-    "NOT_FOUND": 5,
-    "FAILED_PRECONDITION": 9,
-    "INTERNAL": 13,
-    "UNAVAILABLE": 14,
+class DeadlineExceeded(XsynError):
+    """The call did not finish within its timeout."""
+
+    status = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(XsynError):
+    """The client cancelled the request (synthesis stops between denoising steps)."""
+
+    status = "CANCELLED"
+
+
+class InternalError(XsynError):
+    """The server failed for a reason that is not the request's fault."""
+
+    status = "INTERNAL"
+
+
+#: The one table from gRPC status code names to the product's exceptions (clients map answers
+#: with it; the server answers each exception with its ``status``).
+BY_STATUS: dict[str, type[XsynError]] = {
+    cls.status: cls for cls in (InvalidArgument, NotFound, Unavailable, DeadlineExceeded, Cancelled, InternalError)
 }
