@@ -155,7 +155,7 @@ def generate_masks(sam_image: SamImage, settings: AmgSettings) -> list[AutoMask]
 
     h, w = sam_image.original_size
     points = build_point_grid(settings.points_per_side) * np.array([[w, h]])
-    data = MaskData()
+    parts = []
     for (batch,) in batch_iterator(settings.points_per_batch, points):
         # only low-res logits travel back; upscaling here moves 1/(H*W/(4E)^2) of the bytes
         _, iou, low = sam_image.predict(points=batch[:, None, :], labels=np.ones((len(batch), 1), np.float32),
@@ -181,9 +181,9 @@ def generate_masks(sam_image: SamImage, settings: AmgSettings) -> list[AutoMask]
             part.filter(keep)
         part["rles"] = mask_to_rle_pytorch(part["masks"])
         del part["masks"]
-        data.cat(part)
-        del part
-    if "rles" not in data._stats or len(data["rles"]) == 0:
+        parts.append(part)
+    data = _concat(parts, MaskData)
+    if data is None or len(data["rles"]) == 0:
         return []
     keep = batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros_like(data["boxes"][:, 0]),
                        iou_threshold=settings.box_nms_thresh)
@@ -197,6 +197,17 @@ def generate_masks(sam_image: SamImage, settings: AmgSettings) -> list[AutoMask]
     if settings.split_components:
         out = [part for m in out for part in _components(m, settings.min_component_area)]
     return out
+
+
+def _concat(parts: list, mask_data):
+    """Join ``MaskData`` batches (``MaskData.cat`` deep-copies every RLE: most of AMG's time)."""
+    if not parts:
+        return None
+    merged = mask_data()
+    for key in parts[0]._stats:
+        values = [p[key] for p in parts]
+        merged[key] = torch.cat(values) if isinstance(values[0], torch.Tensor) else [v for vs in values for v in vs]
+    return merged
 
 
 def _components(mask: AutoMask, min_area: int) -> list[AutoMask]:

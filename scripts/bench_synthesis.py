@@ -24,7 +24,7 @@ from xsyn.ensembles.synthesis import Synthesizer
 from xsyn.serving.command import prepare_repository
 from xsyn.serving.server import ServerOptions, TritonServer, free_port
 
-STAGES = ("amg", "encode", "denoise", "per_step", "bom", "decode", "car")
+STAGES = ("sam_embed", "amg", "encode", "denoise", "per_step", "bom", "decode", "car")
 
 
 def requests(n: int, steps: int):

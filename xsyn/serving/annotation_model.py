@@ -35,8 +35,10 @@ class TritonPythonModel:
         from xsyn.ensembles.assets import ANNOTATION_GRAPHS, PipelineAssets
         from xsyn.ensembles.embedding_cache import EmbeddingCache
         from xsyn.ensembles.runner import BlsRunner
+        from xsyn.ensembles.synthesis import preload
 
         self.pb = pb
+        preload()
         config = json.loads(args["model_config"])
         budget = config.get("parameters", {}).get("cache_bytes", {}).get("string_value", DEFAULT_CACHE_BYTES)
         budget = int(os.environ.get("XSYN_APSAM_CACHE_BYTES", budget))

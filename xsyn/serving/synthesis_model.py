@@ -56,9 +56,10 @@ class TritonPythonModel:
 
         from xsyn.ensembles.assets import PipelineAssets
         from xsyn.ensembles.runner import BlsRunner
-        from xsyn.ensembles.synthesis import Synthesizer
+        from xsyn.ensembles.synthesis import Synthesizer, preload
 
         self.pb = pb
+        preload()
         repo = Path(args["model_repository"]).parent
         self.assets = PipelineAssets.load(repo)
         self.synthesizer = Synthesizer(BlsRunner(pb, self.assets.specs), self.assets)
