@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from xsyn.errors import InvalidArgument, XsynError
-from xsyn.client.synthesize_job import write_atomic
+from xsyn.files import write_atomic
 
 
 def add_parser(sub) -> None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -23,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from xsyn.errors import XsynError
+from xsyn.files import write_atomic
 from xsyn.client.coco import SourceImage, read_coco
 
 
@@ -57,16 +56,6 @@ class WorkItem:
     @property
     def name(self) -> str:
         return f"{Path(self.source.file_name).stem}_{self.source.image_id}_{self.k}"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -58,13 +58,13 @@ class BlsRunner:
         self.specs = specs
 
     def infer(self, model, inputs, outputs=None):
+        from xsyn.serving.repository import to_config_shape
+
         pb = self.pb
         spec = self.specs[model]
         tensors = []
         for t in spec.inputs:
-            value = inputs[t.name]
-            if spec.max_batch_size > 0 and len(t.shape) == 1:  # per-sample scalar declared as [1]
-                value = value.reshape(-1, 1)
+            value = to_config_shape(spec, t, inputs[t.name])
             tensors.append(pb.Tensor(t.name, np.ascontiguousarray(value)))
         names = outputs or [t.name for t in spec.outputs]
         response = pb.InferenceRequest(model_name=model, inputs=tensors, requested_output_names=names).exec()

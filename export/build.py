@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from xsyn.errors import ParityError
+from xsyn.files import write_json_atomic
 from xsyn.export.networks import Network
 from xsyn.export.onnx_export import EXTERNAL_DATA_NAME, ONNX_NAME, check_parity, export_onnx
 
@@ -62,15 +63,6 @@ class GraphResult:
         """Largest ``max_abs / allowed_abs`` over outputs (<= 1 passes)."""
         return max((v.get("max_abs", 0) / v["allowed_abs"] for v in self.parity.values() if "allowed_abs" in v),
                    default=0.0)
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON to a temporary file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def module_fingerprint(net: Network) -> str:

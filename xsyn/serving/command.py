@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from xsyn.errors import XsynError
-from xsyn.serving.repository import TARGETS, write_repository
+from xsyn.serving.repository import TARGETS, to_config_shape, write_repository
 from xsyn.serving.server import ServerOptions, TritonServer, require_server
 
 DEFAULT_REPOSITORY = Path("model_repository")
@@ -118,20 +118,10 @@ def run_repository(args: argparse.Namespace) -> int:
     return 0
 
 
-_TRITON_DTYPES = {"float32": "FP32", "float16": "FP16", "int32": "INT32", "int64": "INT64", "bool": "BOOL"}
-
-
 def infer(client, spec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One raw gRPC request to a leaf model; per-sample scalars are sent as ``[batch, 1]``."""
-    import tritonclient.grpc as grpcclient
+    from xsyn.client.sdk import array_input
 
-    tensors = []
-    for t in spec.inputs:
-        value = inputs[t.name]
-        if spec.max_batch_size > 0 and len(t.shape) == 1:
-            value = value.reshape(-1, 1)
-        tensor = grpcclient.InferInput(t.name, list(value.shape), _TRITON_DTYPES[t.dtype])
-        tensor.set_data_from_numpy(value)
-        tensors.append(tensor)
+    tensors = [array_input(t.name, to_config_shape(spec, t, inputs[t.name])) for t in spec.inputs]
     result = client.infer(spec.name, tensors)
     return {t.name: result.as_numpy(t.name) for t in spec.outputs}

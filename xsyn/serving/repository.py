@@ -44,6 +44,11 @@ def _add_tensor(field, tensor, dims: list[int]) -> None:
         entry.reshape.SetInParent()
 
 
+def to_config_shape(spec: NetworkSpec, tensor, value):
+    """A request array in the shape the config declares: per-sample scalars ``[batch]`` -> ``[batch, 1]``."""
+    return value.reshape(-1, 1) if spec.max_batch_size > 0 and len(tensor.shape) == 1 else value
+
+
 def leaf_config(spec: NetworkSpec, target: str = "embedded", engine: str = "onnx") -> mc.ModelConfig:
     """The ``ModelConfig`` of one leaf model.
 
