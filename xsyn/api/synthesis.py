@@ -1,4 +1,5 @@
-"""Typed synthesis request and response, shared by the server, the in-process runner and the SDK.
+"""Typed synthesis request and response (the ``xsyn`` model), shared by the server, the in-process
+runner and the SDK.
 
 Coordinates: boxes are ``[x0, y0, x1, y1]`` pixels of the request image (x right, y down,
 ``x1``/``y1`` exclusive). Masks are COCO RLE at the request image's size.
@@ -9,15 +10,11 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from xsyn.errors import InvalidArgument
-from xsyn.ensembles.class_groups import ClassGroups
-
-MAX_OBJECTS = 30
-MAX_SIDE = 4096
-MAX_PIXELS = 16_000_000
-MAX_CLASS_NAME = 64
+from xsyn.api.class_groups import ClassGroups
+from xsyn.api.limits import MAX_CLASS_NAME, MAX_OBJECTS
+from xsyn.api.validation import check_box, validate
 
 
 class AmgOverrides(BaseModel):
@@ -28,21 +25,6 @@ class AmgOverrides(BaseModel):
     pred_iou_thresh: float | None = Field(None, ge=-1e9, le=1)
     stability_score_thresh: float | None = Field(None, ge=-1e9, le=1)
     box_nms_thresh: float | None = Field(None, gt=0, le=1)
-
-
-def check_box(box: list[float], label: str = "box") -> None:
-    """ValueError unless ``box`` is four finite numbers ``[x0, y0, x1, y1]`` with x0 < x1, y0 < y1."""
-    if len(box) != 4:
-        raise ValueError(f"{label} has {len(box)} values, expected 4 (x0, y0, x1, y1)")
-    if not all(math.isfinite(v) for v in box):
-        raise ValueError(f"{label} {box} holds NaN or infinity")
-    if box[2] <= box[0] or box[3] <= box[1]:
-        raise ValueError(f"{label} {box} is empty or inverted (need x0 < x1, y0 < y1)")
-
-
-def outside(box, width: int, height: int) -> bool:
-    """True when an xyxy box leaves the ``width x height`` image."""
-    return box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height
 
 
 class SynthesisRequest(BaseModel):
@@ -152,11 +134,4 @@ class SynthesisResponse(BaseModel):
 
 def parse_request(payload: str | bytes | dict) -> SynthesisRequest:
     """Validate a request; raises InvalidArgument naming the field and the problem."""
-    try:
-        if isinstance(payload, dict):
-            return SynthesisRequest.model_validate(payload)
-        return SynthesisRequest.model_validate_json(payload)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "request"
-        raise InvalidArgument(f"{where}: {first['msg']}") from None
+    return validate(SynthesisRequest, payload)

@@ -1,0 +1,62 @@
+"""Server settings: one documented object instead of bare environment variables.
+
+Each field can be set, from lowest to highest precedence, by its default here, by a Triton
+config parameter of the same name (the pipeline specs write some), and by the environment
+variable ``XSYN_<FIELD>`` (upper case) of the server process, which Triton's Python stubs inherit.
+
+==========================  ===========================  =======================================
+field                       environment variable         meaning
+==========================  ===========================  =======================================
+``ort_threads``             ``XSYN_ORT_THREADS``         ONNX Runtime intra-op threads per
+                                                         session; 0 = one per core (``xsyn
+                                                         serve`` sets 1 for its stubs unless
+                                                         the variable is set)
+``apsam_cache_bytes``       ``XSYN_APSAM_CACHE_BYTES``   byte budget of the ``apsam`` model's
+                                                         embedding LRU cache
+==========================  ===========================  =======================================
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from xsyn.errors import InvalidArgument
+
+
+class ServerSettings(BaseModel):
+    """Settings read by the models inside the server (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ort_threads: int = Field(0, ge=0, le=1024, description="ONNX Runtime intra-op threads; 0 = one per core")
+    apsam_cache_bytes: int = Field(256 * 1024 * 1024, ge=0, description="apsam embedding cache budget, bytes")
+
+    @classmethod
+    def load(cls, parameters: Mapping[str, str] | None = None,
+             environ: Mapping[str, str] | None = None) -> "ServerSettings":
+        """Defaults, overridden by config ``parameters``, overridden by ``XSYN_*`` variables.
+
+        Raises InvalidArgument naming the variable or parameter when a value does not parse.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, str] = {}
+        where: dict[str, str] = {}
+        for name in cls.model_fields:
+            if parameters and name in parameters:
+                values[name], where[name] = parameters[name], f"config parameter {name}"
+            variable = f"XSYN_{name.upper()}"
+            if variable in environ:
+                values[name], where[name] = environ[variable], variable
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else ""
+            raise InvalidArgument(f"{where.get(field, field)}={values.get(field)!r}: {first['msg']}") from None
+
+    @property
+    def threads(self) -> int:
+        """ONNX Runtime threads to use: ``ort_threads``, or one per core when 0."""
+        return self.ort_threads or (os.cpu_count() or 1)
