@@ -8,13 +8,13 @@ exported) uses SAM's learned tokens.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from xsyn.api.annotation import AnnotationResponse, GenerateRequest, MaskOut, SegmentRequest
+from xsyn.api.masks import mask_box, rle_encode
+from xsyn.api.validation import outside
 from xsyn.errors import InvalidArgument
 from xsyn.ensembles import images
 from xsyn.ensembles.apg import adaptive_points
@@ -22,113 +22,7 @@ from xsyn.ensembles.assets import PipelineAssets
 from xsyn.ensembles.embedding_cache import CachedImage, EmbeddingCache, image_key
 from xsyn.ensembles.runner import Runner
 from xsyn.ensembles.sam_ops import SamImage, embed_images, generate_masks
-from xsyn.ensembles.schema import check_box, outside
-from xsyn.ensembles.synthesis import PROFILE_DEFAULTS, rle_encode
-
-MAX_POINTS = 24
-
-
-class SegmentRequest(BaseModel):
-    """One click (or several points and/or a box) on an embedded image."""
-
-    model_config = ConfigDict(extra="forbid")
-    op: Literal["segment"] = "segment"
-    key: str = Field(min_length=1, max_length=64)
-    points: list[list[float]] = Field(default_factory=list)
-    labels: list[int] = Field(default_factory=list)
-    box: list[float] | None = None
-    multimask: bool = False
-    adaptive_points: bool = True
-    seed: int = Field(0, ge=0, lt=2**31)
-    #: ``auto``: the energy encoder's tokens when it was exported (APSAM), else SAM's;
-    #: ``sam``: SAM's learned mask tokens regardless.
-    tokens: Literal["auto", "sam"] = "auto"
-
-    @field_validator("points")
-    @classmethod
-    def _points(cls, points):
-        if len(points) > MAX_POINTS:
-            raise ValueError(f"{len(points)} points, at most {MAX_POINTS}")
-        for i, p in enumerate(points):
-            if len(p) != 2 or not all(math.isfinite(v) for v in p):
-                raise ValueError(f"point {i} {p} must be two finite numbers [x, y]")
-        return points
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, labels):
-        bad = [v for v in labels if v not in (0, 1)]
-        if bad:
-            raise ValueError(f"labels {bad} not in SAM's set (1 = foreground, 0 = background)")
-        return labels
-
-    @field_validator("box")
-    @classmethod
-    def _box(cls, box):
-        if box is not None:
-            check_box(box)
-        return box
-
-    @model_validator(mode="after")
-    def _prompt(self):
-        if len(self.points) != len(self.labels):
-            raise ValueError(f"points ({len(self.points)}) and labels ({len(self.labels)}) differ in length")
-        if not self.points and self.box is None:
-            raise ValueError("give at least one point or a box")
-        return self
-
-
-class EmbedRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    op: Literal["embed"] = "embed"
-
-
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    op: Literal["generate"] = "generate"
-    key: str = Field(min_length=1, max_length=64)
-    points_per_side: int | None = Field(None, ge=1, le=64)
-    pred_iou_thresh: float | None = None
-    stability_score_thresh: float | None = None
-
-
-class MaskOut(BaseModel):
-    rle: dict
-    polygons: list[list[float]]
-    score: float
-    box: list[float]
-    area: int
-
-
-class AnnotationResponse(BaseModel):
-    op: str
-    key: str
-    mode: str
-    image_size: list[int]
-    cached: bool = False
-    masks: list[MaskOut] = Field(default_factory=list)
-    points: list[list[float]] = Field(default_factory=list)
-    labels: list[int] = Field(default_factory=list)
-    adaptive_points: list[list[int]] = Field(default_factory=list)
-
-
-def parse_annotation_request(payload: bytes | str | dict):
-    """Validate an embed / segment / generate request; InvalidArgument names the field."""
-    import json
-
-    try:
-        data = payload if isinstance(payload, dict) else json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"request: not valid JSON ({exc})") from None
-    models = {"embed": EmbedRequest, "segment": SegmentRequest, "generate": GenerateRequest}
-    op = data.get("op") if isinstance(data, dict) else None
-    if op not in models:
-        raise InvalidArgument(f"op: {op!r}, expected one of {sorted(models)}")
-    try:
-        return models[op].model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidArgument(f"{'.'.join(str(p) for p in first['loc']) or 'request'}: {first['msg']}") from None
+from xsyn.ensembles.synthesis import PROFILE_DEFAULTS
 
 
 def polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[list[float]]:
@@ -142,13 +36,6 @@ def polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[list[float]]:
         if len(contour) >= 3:
             out.append([round(float(v), 1) for y, x in contour for v in (x, y)])
     return out
-
-
-def mask_box(mask: np.ndarray) -> list[float]:
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
 
 
 class Annotator:
@@ -215,7 +102,7 @@ class Annotator:
         outs = []
         for k in chosen:
             m = masks[0, k] > 0
-            outs.append(MaskOut(rle=rle_encode(m), polygons=polygons(m), score=float(iou[0, k]), box=mask_box(m),
+            outs.append(MaskOut(rle=rle_encode(m), polygons=polygons(m), score=float(iou[0, k]), box=mask_box(m) or [0.0, 0.0, 0.0, 0.0],
                                 area=int(m.sum())))
         best = chosen[int(np.argmax([iou[0, k] for k in chosen]))]
         response = AnnotationResponse(op="segment", key=req.key, mode=mode, image_size=[w, h], masks=outs,

@@ -11,21 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def kmeans2(values: np.ndarray, rng: np.random.Generator, iterations: int = 25) -> np.ndarray:
-    """Labels (0/1) of a 2-means clustering of ``values`` ``[N, D]``; farthest-point initialisation."""
-    first = values[int(rng.integers(len(values)))]
-    second = values[int(np.argmax(((values - first) ** 2).sum(1)))]
-    centres = np.stack([first, second]).astype(np.float64)
-    labels = np.zeros(len(values), int)
-    for _ in range(iterations):
-        dist = ((values[:, None, :] - centres[None]) ** 2).sum(-1)
-        new = dist.argmin(1)
-        if np.array_equal(new, labels) and _ > 0:
-            break
-        labels = new
-        for k in range(2):
-            if np.any(labels == k):
-                centres[k] = values[labels == k].mean(0)
+def two_means(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Labels (0/1) of a 2-means clustering of ``values`` ``[N, D]`` (scipy's k-means++, seeded by ``rng``)."""
+    from scipy.cluster.vq import kmeans2
+
+    _, labels = kmeans2(values, 2, minit="++", seed=rng)
     return labels
 
 
@@ -39,7 +29,7 @@ def adaptive_points(image: np.ndarray, mask: np.ndarray, seed: int, samples: int
         return []
     rng = np.random.default_rng(seed)
     colours = image[rows, cols].astype(np.float64)
-    labels = kmeans2(colours, rng)
+    labels = two_means(colours, rng)
     clusters = [np.flatnonzero(labels == k) for k in range(2)]
     if any(c.size == 0 for c in clusters):
         return []

@@ -9,12 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from xsyn.errors import NotFound
-from xsyn.export.specs import NetworkSpec
-from xsyn.ensembles.runner import load_specs
-
-
-SYNTHESIS_GRAPHS = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "sam_image_encoder", "sam_decoder")
-ANNOTATION_GRAPHS = ("sam_image_encoder", "sam_decoder")
+from xsyn.export.pipelines import ANNOTATION_GRAPHS, SYNTHESIS_GRAPHS  # noqa: F401  (re-exported)
+from xsyn.export.specs import NetworkSpec, exported_specs
 
 
 @dataclass
@@ -27,7 +23,8 @@ class PipelineAssets:
         sam_mask_tokens: SAM's learned mask tokens, float32 ``[1, M, C]``.
         capture_outputs: UNet attention outputs (``attn_*``) and their grid sides.
         profile: ``tiny`` when the repository was exported from the tiny preset (untrained
-            weights: relaxed defaults apply), else ``standard``.
+            weights: relaxed defaults apply), else ``standard``; the export manifest states it.
+        max_objects: grounding boxes per request, from the UNet spec's ``boxes`` input.
     """
 
     repo: Path
@@ -39,6 +36,7 @@ class PipelineAssets:
     image_size: int = 0
     capture_outputs: dict[str, int] = field(default_factory=dict)
     profile: str = "standard"
+    max_objects: int = 0
 
     @classmethod
     def load(cls, repo: Path, needs: tuple[str, ...] = SYNTHESIS_GRAPHS) -> "PipelineAssets":
@@ -46,7 +44,7 @@ class PipelineAssets:
         from xsyn.export.tokenizer import load_tokenizer
 
         repo = Path(repo)
-        specs = load_specs(repo)
+        specs = exported_specs(repo)
         missing = [m for m in needs if m not in specs]
         if missing:
             raise NotFound(f"{repo}: exported graphs missing for {missing}; run `xsyn export`")
@@ -57,11 +55,12 @@ class PipelineAssets:
             sam_mask_tokens=np.load(repo / "sam_decoder" / "1" / "sam_mask_tokens.npy"),
         )
         if "unet" in specs:
+            assets.max_objects = int(next(t for t in specs["unet"].inputs if t.name == "boxes").shape[1])
             assets.capture_outputs = {t.name: int(t.shape[-1]) for t in specs["unet"].outputs if t.name.startswith("attn_")}
             assets.image_size = int(specs["vae_decoder"].outputs[0].shape[-1])
             assets.tokenizer = load_tokenizer(repo / "text_encoder" / "1" / "tokenizer")
         manifest = json.loads((repo / "sam_decoder" / "1" / "export_manifest.json").read_text())
-        assets.profile = "tiny" if str(manifest.get("source", "")).startswith("preset tiny") else "standard"
+        assets.profile = manifest.get("profile", "standard")
         return assets
 
     @property

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xsyn.api.masks import mask_box
 from xsyn.ensembles.mps import background_point, box_mask, median_points
 from xsyn.ensembles.sam_ops import SamImage
 
@@ -43,8 +44,7 @@ def largest_component_box(mask: np.ndarray):
         return None, np.zeros_like(mask)
     sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
     component = labels == (int(np.argmax(sizes)) + 1)
-    ys, xs = np.nonzero(component)
-    return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)), component
+    return tuple(mask_box(component)), component
 
 
 def discriminative_region(attention_image: SamImage, activation: np.ndarray, box) -> tuple[np.ndarray, bool]:

@@ -15,10 +15,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from xsyn.api.limits import MAX_OBJECTS
 from xsyn.errors import Cancelled
 from xsyn.ensembles.runner import Runner
 
-MAX_OBJECTS = 30
 SD14_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                       clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
@@ -69,12 +69,13 @@ class DenoiseResult:
     steps: int = 0
 
 
-def grounding_inputs(phrase_embeddings: np.ndarray, boxes: np.ndarray, dim: int) -> dict[str, np.ndarray]:
-    """UNet grounding tensors for the CFG batch ``[uncond, cond]``, padded to 30 objects."""
+def grounding_inputs(phrase_embeddings: np.ndarray, boxes: np.ndarray, dim: int, slots: int) -> dict[str, np.ndarray]:
+    """UNet grounding tensors for the CFG batch ``[uncond, cond]``, zero-padded to ``slots``
+    objects (the UNet spec's grounding-token count)."""
     n = len(boxes)
-    padded_boxes = np.zeros((2, MAX_OBJECTS, 4), np.float32)
-    padded_emb = np.zeros((2, MAX_OBJECTS, dim), np.float32)
-    masks = np.zeros((2, MAX_OBJECTS), np.float32)
+    padded_boxes = np.zeros((2, slots, 4), np.float32)
+    padded_emb = np.zeros((2, slots, dim), np.float32)
+    masks = np.zeros((2, slots), np.float32)
     padded_boxes[:, :n] = boxes
     padded_emb[:, :n] = phrase_embeddings
     masks[1, :n] = 1  # the unconditional half sees no boxes
@@ -83,7 +84,7 @@ def grounding_inputs(phrase_embeddings: np.ndarray, boxes: np.ndarray, dim: int)
 
 def denoise(runner: Runner, prompt_embeddings: np.ndarray, phrase_embeddings: np.ndarray, boxes: np.ndarray,
             input_latent: np.ndarray, noise: TorchNoise, steps: int, guidance: float, eta: float = 0.0,
-            capture_outputs: tuple[str, ...] = (), should_stop: Callable[[], bool] | None = None,
+            slots: int = MAX_OBJECTS, capture_outputs: tuple[str, ...] = (), should_stop: Callable[[], bool] | None = None,
             on_step: Callable[[int, int], None] | None = None) -> DenoiseResult:
     """Run the inpainting loop.
 
@@ -91,6 +92,7 @@ def denoise(runner: Runner, prompt_embeddings: np.ndarray, phrase_embeddings: np
         prompt_embeddings: ``[2, 77, D]`` (unconditional, conditional).
         phrase_embeddings: ``[N, D]`` pooled phrase features; ``boxes``: ``[N, 4]`` xyxy 0..1.
         input_latent: scaled latent of the input image ``[1, 4, s, s]`` (posterior sample).
+        slots: grounding boxes the UNet takes (its spec's ``boxes`` input ``[B, slots, 4]``).
         capture_outputs: UNet ``attn_*`` outputs to accumulate.
         should_stop: polled before each step; True raises :class:`Cancelled`.
     """
@@ -100,7 +102,7 @@ def denoise(runner: Runner, prompt_embeddings: np.ndarray, phrase_embeddings: np
     z_input = torch.from_numpy(input_latent)
     addition = torch.cat([z_input * mask, mask], dim=1).expand(2, -1, -1, -1).numpy()
     latents = noise.draw((1, 4, s, s)) * scheduler.init_noise_sigma
-    grounding = grounding_inputs(phrase_embeddings, boxes, prompt_embeddings.shape[-1])
+    grounding = grounding_inputs(phrase_embeddings, boxes, prompt_embeddings.shape[-1], slots)
     sums: dict[str, np.ndarray] = {}
     wanted = ["noise_pred", *capture_outputs]
     for i, t in enumerate(scheduler.timesteps):

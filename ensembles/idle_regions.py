@@ -13,13 +13,19 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def box_ious(boxes, others) -> np.ndarray:
+    """IoU matrix ``[len(boxes), len(others)]`` of xyxy boxes (``torchvision.ops.box_iou``, float64)."""
+    import torch
+    from torchvision.ops import box_iou as torchvision_box_iou
+
+    a = torch.as_tensor(np.asarray(boxes, np.float64).reshape(-1, 4))
+    b = torch.as_tensor(np.asarray(others, np.float64).reshape(-1, 4))
+    return torchvision_box_iou(a, b).nan_to_num(0.0).numpy()
+
+
 def box_iou(a, b) -> float:
     """IoU of two xyxy boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    return float(box_ious([a], [b])[0, 0])
 
 
 def box_area(box) -> float:
@@ -41,15 +47,12 @@ def idle_candidates(mask_boxes: list, mask_areas: list, avoid: list, rules: Idle
     """Indices (into ``mask_boxes``) of the masks that pass the rules, largest mask first."""
     order = sorted(range(len(mask_boxes)), key=lambda i: -mask_areas[i])[rules.drop_largest:]
     min_box = rules.min_box_ratio * image_size * image_size
-    keep = []
-    for i in order:
-        box = mask_boxes[i]
-        area = box_area(box)
-        if not rules.min_area <= area <= rules.max_area or area < min_box:
-            continue
-        if all(box_iou(box, other) < rules.iou_threshold for other in avoid):
-            keep.append(i)
-    return keep
+    sized = [i for i in order if rules.min_area <= box_area(mask_boxes[i]) <= rules.max_area
+             and box_area(mask_boxes[i]) >= min_box]
+    if not sized or not avoid:
+        return sized
+    ious = box_ious([mask_boxes[i] for i in sized], avoid)
+    return [i for i, row in zip(sized, ious) if np.all(row < rules.iou_threshold)]
 
 
 def pick_idle_box(mask_boxes: list, mask_areas: list, avoid: list, rules: IdleRules, image_size: int,

@@ -6,10 +6,8 @@ import io
 
 import numpy as np
 
+from xsyn.api.limits import MAX_PIXELS, MAX_SIDE, MIN_SIDE
 from xsyn.errors import InvalidArgument
-from xsyn.ensembles.schema import MAX_PIXELS, MAX_SIDE
-
-MIN_SIDE = 32
 
 
 def decode_image(data: bytes) -> np.ndarray:

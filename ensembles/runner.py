@@ -3,19 +3,19 @@
 ``Runner.infer(model, inputs) -> outputs`` with numpy arrays named as in the model's spec.
 :class:`LocalRunner` opens the exported graphs in-process (ONNX Runtime, or TensorRT plans);
 :class:`BlsRunner` sends Triton BLS requests from inside a Python-backend model, checks *that*
-response's error, and returns host arrays. Orchestrators never import Triton themselves.
+response's error (keeping the leaf's status: an INVALID_ARGUMENT from a leaf stays one), and
+returns host arrays. Orchestrators never import Triton themselves.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from xsyn.errors import XsynError
+from xsyn.errors import error_from_wire
 from xsyn.export.specs import NetworkSpec
 
 
@@ -23,12 +23,6 @@ class Runner(Protocol):
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """Run ``model`` on ``inputs``; returns the requested outputs (all by default)."""
         ...
-
-
-def load_specs(repo: Path) -> dict[str, NetworkSpec]:
-    """Specs of the exported leaf graphs in a repository (``<model>/1/network.json``)."""
-    return {p.parent.parent.name: NetworkSpec.from_dict(json.loads(p.read_text()))
-            for p in sorted(Path(repo).glob("*/1/network.json"))}
 
 
 class LocalRunner:
@@ -50,24 +44,29 @@ class LocalRunner:
         return self._sessions[model].run(inputs, outputs)
 
 
+#: Triton error code names a BLS response can carry (``pb_utils.TritonError.<NAME>``).
+TRITON_CODES = ("UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED", "ALREADY_EXISTS",
+                "CANCELLED")
+
+
 class BlsRunner:
     """Runner for use inside a Triton Python-backend model (``triton_python_backend_utils``)."""
 
     def __init__(self, pb_utils, specs: dict[str, NetworkSpec]) -> None:
         self.pb = pb_utils
         self.specs = specs
+        self._code_names = {getattr(pb_utils.TritonError, n): n for n in TRITON_CODES
+                            if hasattr(pb_utils.TritonError, n)}
 
     def infer(self, model, inputs, outputs=None):
-        from xsyn.serving.repository import to_config_shape
-
         pb = self.pb
         spec = self.specs[model]
-        tensors = []
-        for t in spec.inputs:
-            value = to_config_shape(spec, t, inputs[t.name])
-            tensors.append(pb.Tensor(t.name, np.ascontiguousarray(value)))
+        tensors = [pb.Tensor(t.name, np.ascontiguousarray(spec.to_declared_shape(t, inputs[t.name])))
+                   for t in spec.inputs]
         names = outputs or [t.name for t in spec.outputs]
         response = pb.InferenceRequest(model_name=model, inputs=tensors, requested_output_names=names).exec()
         if response.has_error():
-            raise XsynError(f"{model}: {response.error().message()}")
+            error = response.error()
+            code = self._code_names.get(error.code(), "INTERNAL") if hasattr(error, "code") else "INTERNAL"
+            raise error_from_wire(code, error.message())  # the leaf's message names the model
         return {name: pb.get_output_tensor_by_name(response, name).as_numpy() for name in names}

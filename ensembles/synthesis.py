@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 import torch
 
+from xsyn.api.class_groups import ClassGroups, load_class_groups
+from xsyn.api.masks import rle_encode
+from xsyn.api.synthesis import Item, SynthesisRequest, SynthesisResponse
+from xsyn.api.validation import outside
 from xsyn.errors import InvalidArgument
 from xsyn.ensembles import bom, car, images
 from xsyn.ensembles.assets import PipelineAssets
-from xsyn.ensembles.class_groups import ClassGroups, load_class_groups
 from xsyn.ensembles.denoise import TorchNoise, denoise
 from xsyn.ensembles.idle_regions import IdleRules, box_area, pick_idle_box
 from xsyn.ensembles.prompts import encode_phrases, encode_prompts, phrase_token_positions
 from xsyn.ensembles.runner import Runner
 from xsyn.ensembles.sam_ops import AmgSettings, SamImage, embed_images, generate_masks
-from xsyn.ensembles.schema import Item, SynthesisRequest, SynthesisResponse, outside
 
 #: Defaults per repository profile. Untrained tiny weights make SAM's default filters reject
 #: every mask, so the tiny profile relaxes them (and widens the idle-area range) so that every
@@ -59,6 +61,28 @@ class _Timer:
         start = time.perf_counter()
         yield
         self.ms[name] = self.ms.get(name, 0.0) + 1000 * (time.perf_counter() - start)
+
+
+@dataclass
+class _Job:
+    """One request in flight: the request, its image at both sizes, the resolved settings, and
+    what the stages found. Boxes in ``originals`` are ``(class, box at S, box at the request size)``;
+    ``scale`` is ``(S / W, S / H)``."""
+
+    req: SynthesisRequest
+    image: np.ndarray
+    img_s: np.ndarray
+    scale: tuple[float, float]
+    groups: ClassGroups
+    amg: AmgSettings
+    rules: IdleRules
+    record: dict
+    rng: np.random.Generator
+    originals: list
+    too_small: list[bool]
+    timer: _Timer = field(default_factory=_Timer)
+    mask_boxes: list = field(default_factory=list)
+    mask_areas: list = field(default_factory=list)
 
 
 class Synthesizer:
@@ -103,69 +127,92 @@ class Synthesizer:
 
     def run(self, req: SynthesisRequest, image: np.ndarray, should_stop: Callable[[], bool] | None = None
             ) -> SynthesisOutput:
+        """One synthesis: automatic masks (idle regions, occluders), grounding, denoising, BOM, CAR.
+
+        ``image``: uint8 ``[H, W, 3]`` RGB; ``should_stop`` is polled between denoising steps.
+        """
+        job = self._start(req, image)
+        self._auto_masks(job)
+        grounding, why = self._grounding(job)
+        if grounding is None:
+            return self._unchanged(req, job.image, job.originals, why, job.record, job.timer)
+        latent, maps = self._generate(job, grounding, should_stop)
+        return self._finish(job, grounding, latent, maps)
+
+    # ------------------------------------------------------------------ the pipeline's steps
+
+    def _start(self, req: SynthesisRequest, image: np.ndarray) -> "_Job":
         image = images.check_image(image)
         h, w = image.shape[:2]
         groups, amg, rules, record = self.resolve(req)
         self.check(req, groups, w, h)
         s = self.assets.image_size
         sx, sy = s / w, s / h
-        timer = _Timer()
-        rng = np.random.default_rng(req.seed)
-        img_s = images.resize(image, s, s)
         originals = [(c, [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy], list(b)) for c, b in zip(req.class_names, req.boxes)]
-        too_small = [box_area(b) < rules.min_box_ratio * s * s for _, b, _ in originals]
+        return _Job(req=req, image=image, img_s=images.resize(image, s, s), scale=(sx, sy), groups=groups, amg=amg,
+                    rules=rules, record=record, rng=np.random.default_rng(req.seed), originals=originals,
+                    too_small=[box_area(b) < rules.min_box_ratio * s * s for _, b, _ in originals])
 
-        sam_input, auto = None, []
-        if req.mode == "add" or req.bom_alpha > 0:
-            with timer.stage("sam_embed"):
-                sam_input = self._sam_image(self._embed([img_s])[0])
-            with timer.stage("amg"):
-                auto = generate_masks(sam_input, amg)
-        mask_boxes = [m.box for m in auto]
-        mask_areas = [m.area for m in auto]
-        record["auto_masks"] = len(auto)
+    def _auto_masks(self, job: "_Job") -> None:
+        """SAM's automatic masks on the input (needed for idle regions and occluders)."""
+        auto = []
+        if job.req.mode == "add" or job.req.bom_alpha > 0:
+            with job.timer.stage("sam_embed"):
+                sam_input = self._sam_image(self._embed([job.img_s])[0])
+            with job.timer.stage("amg"):
+                auto = generate_masks(sam_input, job.amg)
+        job.mask_boxes = [m.box for m in auto]
+        job.mask_areas = [m.area for m in auto]
+        job.record["auto_masks"] = len(auto)
 
-        if req.mode == "add":
-            idle = pick_idle_box(mask_boxes, mask_areas, [b for _, b, _ in originals], rules, s, rng)
-            cls = groups.pick_class(box_area(idle), s, rng) if idle else None
+    def _grounding(self, job: "_Job") -> tuple[list | None, str]:
+        """``[(class, box at S)]`` to paint, or ``(None, why nothing is painted)``."""
+        s = self.assets.image_size
+        if job.req.mode == "add":
+            idle = pick_idle_box(job.mask_boxes, job.mask_areas, [b for _, b, _ in job.originals], job.rules, s, job.rng)
+            cls = job.groups.pick_class(box_area(idle), s, job.rng) if idle else None
             if idle is None or cls is None:
-                why = "no idle region found" if idle is None else "no class group for the idle region's area"
-                return self._unchanged(req, image, originals, why, record, timer)
-            grounding = [(cls, list(idle))]
-        else:
-            grounding = [(c, b) for (c, b, _), small in zip(originals, too_small) if not small]
-            if not grounding:
-                return self._unchanged(req, image, originals, "every box is below the minimum box ratio", record, timer)
+                return None, "no idle region found" if idle is None else "no class group for the idle region's area"
+            return [(cls, list(idle))], ""
+        grounding = [(c, b) for (c, b, _), small in zip(job.originals, job.too_small) if not small]
+        return (grounding, "") if grounding else (None, "every box is below the minimum box ratio")
 
+    def _generate(self, job: "_Job", grounding, should_stop) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Encode, denoise; the final latent ``[1, 4, s, s]`` and per item its attention map ``[S, S]``."""
+        req, s, timer = job.req, self.assets.image_size, job.timer
         phrases = [c for c, _ in grounding]
         norm_boxes = np.array([[b[0] / s, b[1] / s, b[2] / s, b[3] / s] for _, b in grounding], np.float32)
         noise = TorchNoise(req.seed)
         with timer.stage("encode"):
             prompt_emb = encode_prompts(self.runner, self.assets.tokenizer, " ".join(phrases), req.negative_prompt)
             phrase_emb = encode_phrases(self.runner, self.assets.tokenizer, phrases)
-            post = self.runner.infer("vae_encoder", {"image": images.to_model_range(img_s)})
+            post = self.runner.infer("vae_encoder", {"image": images.to_model_range(job.img_s)})
             z_input = (post["latent_mean"] + post["latent_std"] * noise.draw(post["latent_mean"].shape).numpy())
         with timer.stage("denoise"):
             result = denoise(self.runner, prompt_emb, phrase_emb, norm_boxes, z_input.astype(np.float32), noise,
-                             req.steps, req.guidance, req.eta, tuple(self.assets.capture_outputs), should_stop)
+                             req.steps, req.guidance, req.eta, self.assets.max_objects,
+                             tuple(self.assets.capture_outputs), should_stop)
         timer.ms["per_step"] = timer.ms["denoise"] / req.steps
-        maps = self._attention_maps(result, phrase_token_positions(self.assets.tokenizer, phrases))
+        return result.latent, self._attention_maps(result, phrase_token_positions(self.assets.tokenizer, phrases))
 
+    def _finish(self, job: "_Job", grounding, latent: np.ndarray, maps: list[np.ndarray]) -> SynthesisOutput:
+        """BOM, decode, CAR, and the output at the request image's size."""
+        req, timer, img_s = job.req, job.timer, job.img_s
+        h, w = job.image.shape[:2]
         with timer.stage("bom"):
-            latent_occ, occlusion = self._occlude(req, result.latent, grounding, originals, mask_boxes, mask_areas,
-                                                  rules, rng, (sx, sy))
+            latent_occ, occlusion = self._occlude(req, latent, grounding, job.originals, job.mask_boxes,
+                                                  job.mask_areas, job.rules, job.rng, job.scale)
         with timer.stage("decode"):
-            decoded = self.runner.infer("vae_decoder", {"latent": np.concatenate([result.latent, latent_occ])})["image"]
+            decoded = self.runner.infer("vae_decoder", {"latent": np.concatenate([latent, latent_occ])})["image"]
         unoccluded, final = images.from_model_range(decoded[0]), images.from_model_range(decoded[1])
-        if record["composite_background"]:
+        if job.record["composite_background"]:
             unoccluded = np.where(self._background_mask(grounding, {})[..., None], img_s, unoccluded)
             final = np.where(self._background_mask(grounding, occlusion)[..., None], img_s, final)
-
         with timer.stage("car"):
             refined = self._refine(req, unoccluded, maps, grounding)
-        items = self._items(req, originals, too_small, grounding, refined, (sx, sy), (w, h))
+        items = self._items(req, job.originals, job.too_small, grounding, refined, job.scale, (w, h))
         response = SynthesisResponse(mode=req.mode, seed=req.seed, status="ok", items=items, occlusion=occlusion,
-                                     settings=record, timings_ms={k: round(v, 2) for k, v in timer.ms.items()},
+                                     settings=job.record, timings_ms={k: round(v, 2) for k, v in timer.ms.items()},
                                      image_size=[w, h])
         out = SynthesisOutput(images.resize(final, w, h), response)
         if req.return_unoccluded_image:
@@ -287,10 +334,3 @@ def preload() -> None:
     import skimage.measure  # noqa: F401
     import torchvision.ops  # noqa: F401
 
-
-def rle_encode(mask: np.ndarray) -> dict:
-    """bool ``[H, W]`` -> COCO RLE ``{"size": [H, W], "counts": str}``."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}

@@ -78,12 +78,12 @@ def module_fingerprint(net: Network) -> str:
     return h.hexdigest()
 
 
-def cache_key(net: Network, fingerprint: str) -> str:
-    """Key of the ONNX stage: spec JSON + weights fingerprint + tool versions."""
+def cache_key(net: Network, fingerprint: str, profile: str = "standard") -> str:
+    """Key of the ONNX stage: spec JSON + weights fingerprint + profile + tool versions."""
     import onnx
     import torch
 
-    parts = [FORMAT_VERSION, net.spec.to_json(), fingerprint, torch.__version__, onnx.__version__]
+    parts = [FORMAT_VERSION, net.spec.to_json(), fingerprint, profile, torch.__version__, onnx.__version__]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -123,12 +123,15 @@ def _staging(parent: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
 
 
-def export_graph(net: Network, out: Path, source: str, force: bool = False) -> GraphResult:
-    """ONNX stage of one graph: cached, or exported + parity-checked + published."""
+def export_graph(net: Network, out: Path, source: str, force: bool = False, profile: str = "standard") -> GraphResult:
+    """ONNX stage of one graph: cached, or exported + parity-checked + published.
+
+    ``profile``: ``tiny`` or ``standard``, stated in the manifest for the orchestrators.
+    """
     name = net.spec.name
     version_dir = out / name / "1"
     fingerprint = module_fingerprint(net)
-    key = cache_key(net, fingerprint)
+    key = cache_key(net, fingerprint, profile)
     manifest = None if force else read_complete_manifest(version_dir, MANIFEST, key)
     if manifest is not None:
         return GraphResult(name, "cached", onnx_bytes=_onnx_bytes(manifest), parity=manifest["parity"])
@@ -145,7 +148,7 @@ def export_graph(net: Network, out: Path, source: str, force: bool = False) -> G
         (staging / "network.json").write_text(json.dumps(json.loads(net.spec.to_json()), indent=2))
         if net.write_sidecars:
             net.write_sidecars(staging)
-        manifest = {"key": key, "network": name, "source": source, "weights_sha256": fingerprint,
+        manifest = {"key": key, "network": name, "source": source, "profile": profile, "weights_sha256": fingerprint,
                     "parity": parity, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         publish(staging, version_dir, MANIFEST, manifest)
     finally:
@@ -178,7 +181,7 @@ def build_plan_stage(net: Network, out: Path, fp16: bool = True, force: bool = F
 
 
 def run_export(networks: list[Network], out: Path, source: str, engine: str = "onnx", fp16: bool = True,
-               force: bool = False, on_progress: Callable[[int, int, str, GraphResult | None], None] | None = None,
+               force: bool = False, profile: str = "standard", on_progress: Callable[[int, int, str, GraphResult | None], None] | None = None,
                ) -> list[GraphResult]:
     """Export every network (ONNX, then TensorRT when ``engine == "tensorrt"``) and write the report.
 
@@ -196,7 +199,7 @@ def run_export(networks: list[Network], out: Path, source: str, engine: str = "o
         if on_progress:
             on_progress(i, len(networks), net.spec.name, None)
         try:
-            result = export_graph(net, out, source, force)
+            result = export_graph(net, out, source, force, profile)
             if engine == "tensorrt":
                 result.plan = build_plan_stage(net, out, fp16, force)
         except Exception as exc:  # reported per graph; the run goes on

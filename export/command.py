@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     for note in bundle.notes:
         print(f"  note: {note}", flush=True)
     results = run_export(networks, args.out, bundle.source, engine=args.engine, fp16=not args.fp32_engine,
-                         on_progress=_progress)
+                         profile=bundle.profile, on_progress=_progress)
     print(summary_table(results))
     print(f"parity report: {args.out / 'parity_report.json'}   total {time.perf_counter() - started:.1f} s")
     failed = [r for r in results if r.status == "failed"]

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 from torch import nn
 
+from xsyn.api.limits import MAX_OBJECTS  # the UNet spec declares its grounding tokens with it
 from xsyn.errors import InvalidArgument
 from xsyn.export.attention_capture import attention_layers, default_capture_layers, output_name
 from xsyn.export.sources import ModelBundle, copy_tokenizer
@@ -37,7 +38,6 @@ from xsyn.export.wrappers import (
 NETWORK_NAMES = (
     "text_encoder", "unet", "vae_encoder", "vae_decoder", "sam_image_encoder", "sam_decoder", "apsam_energy_encoder",
 )
-MAX_OBJECTS = 30
 
 SampleFn = Callable[[np.random.Generator], dict[str, np.ndarray]]
 

@@ -26,7 +26,6 @@ from xsyn.errors import CheckpointError
 from xsyn.export import tokenizer as tok
 from xsyn.export.energy_encoder import EnergyAwareEncoder, EnergyEncoderConfig, load_energy_encoder
 from xsyn.export.sam_arch import TINY_SAM, VARIANTS, SamArch, build_sam, load_sam_checkpoint
-from xsyn.export.weights import load_state_strict, read_weights
 
 PRESETS = ("tiny", "full")
 
@@ -40,10 +39,13 @@ class ModelBundle:
         image_size: generation resolution in pixels (square), 8x the UNet latent side.
         tokenizer_dir: folder with ``vocab.json``/``merges.txt`` matching ``text_encoder``.
         sam_arch: SAM sizes (its ``img_size`` is the SAM encoder input side).
+        profile: ``tiny`` for the tiny preset's untrained weights (the orchestrators relax their
+            defaults for it), else ``standard``; the export manifests state it.
     """
 
     source: str
     image_size: int
+    profile: str = "standard"
     text_encoder: nn.Module | None = None
     tokenizer_dir: Path | None = None
     unet: nn.Module | None = None
@@ -127,6 +129,7 @@ def preset_bundle(name: str, seed: int = 0, work_dir: Path | None = None) -> Mod
     return ModelBundle(
         source=f"preset {name} (seed {seed})",
         image_size=256 if tiny else 512,
+        profile="tiny" if tiny else "standard",
         text_encoder=_seeded(seed, lambda: CLIPTextModel(_clip_config(tiny, ids))),
         tokenizer_dir=tok_dir,
         unet=_seeded(seed + 1, lambda: UNet2DConditionModel(**_unet_config(tiny))),
@@ -146,19 +149,13 @@ DIFFUSERS_PARTS = {
 }
 
 
-def _part_weights(folder: Path) -> dict[str, torch.Tensor]:
-    part = folder.name
-    for fname in DIFFUSERS_PARTS[part]:
-        if (folder / fname).is_file():
-            return read_weights(folder / fname, what=f"{part} weights")
-        index = folder / (fname + ".index.json")
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            state: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                state.update(read_weights(folder / shard, what=f"{part} weight shard"))
-            return state
-    raise CheckpointError(f"{folder}: no weights file, expected one of {list(DIFFUSERS_PARTS[part])}")
+def _weights_file(folder: Path) -> Path:
+    """The part's weights file (or shard index) that ``from_pretrained`` will read."""
+    for fname in DIFFUSERS_PARTS[folder.name]:
+        for candidate in (folder / fname, folder / (fname + ".index.json")):
+            if candidate.is_file():
+                return candidate
+    raise CheckpointError(f"{folder}: no weights file, expected one of {list(DIFFUSERS_PARTS[folder.name])}")
 
 
 def _part_config(folder: Path) -> dict:
@@ -171,10 +168,31 @@ def _part_config(folder: Path) -> dict:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
 
 
+def _from_pretrained(model_cls, folder: Path, part: str) -> nn.Module:
+    """``model_cls.from_pretrained(folder, subfolder=part)``, strict: a weight left over, missing
+    or of another shape is an error naming it; an unreadable file is one line naming the file.
+    Weights are read as safetensors or with ``torch.load(weights_only=True)``: no pickled code runs."""
+    weights = _weights_file(folder / part)
+    _part_config(folder / part)
+    kind = "safetensors" if ".safetensors" in weights.name else "torch"
+    try:
+        model, info = model_cls.from_pretrained(folder, subfolder=part, output_loading_info=True)
+    except Exception as exc:  # the libraries raise OSError, ValueError, RuntimeError, SafetensorError...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{part} weights {weights}: unreadable {kind} file, truncated, corrupt or of "
+                              f"another shape ({type(exc).__name__}: {first[:300]})") from None
+    leftovers = {k: list(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    leftovers = {k: v for k, v in leftovers.items() if v}
+    if leftovers:
+        raise CheckpointError(f"{weights}: weights do not match the {part} architecture: "
+                              + "; ".join(f"{k.replace('_', ' ')} {v[:5]}" for k, v in leftovers.items()))
+    return model.eval()
+
+
 def load_diffusers_folder(folder: Path, bundle: ModelBundle) -> None:
     """Fill ``bundle`` with the text encoder, tokenizer, UNet and VAE of a GLIGEN inpainting folder."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -192,18 +210,11 @@ def load_diffusers_folder(folder: Path, bundle: ModelBundle) -> None:
             f"{folder / 'unet' / 'config.json'}: expected a GLIGEN inpainting UNet (attention_type 'gated', "
             f"in_channels 9), found attention_type {unet_cfg.get('attention_type')!r}, in_channels {unet_cfg.get('in_channels')!r}"
         )
-    unet = UNet2DConditionModel.from_config(unet_cfg)
-    load_state_strict(unet, _part_weights(folder / "unet"), folder / "unet")
-    vae = AutoencoderKL.from_config(_part_config(folder / "vae"))
-    load_state_strict(vae, _part_weights(folder / "vae"), folder / "vae")
-    text = CLIPTextModel(CLIPTextConfig.from_dict(_part_config(folder / "text_encoder")))
-    text_state = _part_weights(folder / "text_encoder")
-    text_state.pop("text_model.embeddings.position_ids", None)  # a buffer older checkpoints carry
-    load_state_strict(text, text_state, folder / "text_encoder")
-
-    bundle.unet, bundle.vae, bundle.text_encoder = unet.eval(), vae.eval(), text.eval()
+    bundle.unet = _from_pretrained(UNet2DConditionModel, folder, "unet")
+    bundle.vae = _from_pretrained(AutoencoderKL, folder, "vae")
+    bundle.text_encoder = _from_pretrained(CLIPTextModel, folder, "text_encoder")
     bundle.tokenizer_dir = folder / "tokenizer"
-    bundle.image_size = int(vae.config.sample_size)
+    bundle.image_size = int(bundle.vae.config.sample_size)
 
 
 def checkpoint_bundle(checkpoint_dir: Path | None, sam_checkpoint: Path | None, sam_variant: str | None = None,

@@ -17,7 +17,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-DTYPES = ("float32", "float16", "int32", "int64", "bool")
+DTYPES = ("float32", "float16", "int32", "int64", "bool", "uint8", "bytes")  # bytes: Triton BYTES (JSON, PNG)
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,29 @@ class NetworkSpec:
         col = {"min": 1, "opt": 2, "max": 3}[which]
         return {p[0]: p[col] for p in self.profile}
 
+    def is_per_sample_scalar(self, tensor: TensorSpec) -> bool:
+        """True for a batched ``[batch]`` tensor: Triton declares it ``[1]`` (reshaped to ``[]``)."""
+        return self.max_batch_size > 0 and len(tensor.shape) == 1
+
+    def declared_dims(self, tensor: TensorSpec) -> list[int]:
+        """The tensor's dims as Triton's config declares them: symbols are -1, the batch axis is
+        implicit when ``max_batch_size > 0``, and a per-sample scalar (``[batch]``) is ``[1]``."""
+        if self.is_per_sample_scalar(tensor):
+            return [1]
+        dims = [-1 if isinstance(d, str) else int(d) for d in tensor.shape]
+        return dims[1:] if self.max_batch_size > 0 else dims
+
+    def to_declared_shape(self, tensor: TensorSpec, value):
+        """A request array in the declared shape: per-sample scalars ``[batch]`` -> ``[batch, 1]``."""
+        return value.reshape(-1, 1) if self.is_per_sample_scalar(tensor) else value
+
+    @staticmethod
+    def from_declared_shape(tensor: TensorSpec, value):
+        """Inverse of :meth:`to_declared_shape` (``[batch, 1]`` as it arrives -> ``[batch]``)."""
+        if value.ndim == len(tensor.shape) + 1 and value.shape[-1] == 1:
+            return value.reshape(value.shape[:-1])
+        return value
+
     def concrete_shape(self, tensor: TensorSpec, which: str = "opt") -> tuple[int, ...]:
         """The input's shape at a profile point."""
         dims = self.dims(which)
@@ -130,3 +153,54 @@ class NetworkSpec:
     def to_json(self) -> str:
         """Canonical JSON (sorted keys), used in build-cache keys and manifests."""
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """The contract of one Python-backend (BLS) pipeline model over leaf graphs.
+
+    Config generation, the model's shim and its asset loading read it, as the leaf models read
+    their :class:`NetworkSpec`.
+
+    Attributes:
+        name: Triton model name.
+        module: the ``xsyn.serving`` module whose ``TritonPythonModel`` serves it.
+        inputs / outputs: tensors as Triton declares them (``max_batch_size 0``: one request per
+            execution); symbolic dims are -1 in the config.
+        optional_inputs: names of inputs a request may leave out.
+        needs: leaf graphs it calls; the model is generated only when all were exported.
+        instance_count: Triton instance-group count (several let concurrent requests' UNet
+            steps meet in the UNet's dynamic batcher).
+        parameters: config parameters (``name``, default value) the model reads at start-up;
+            :class:`xsyn.settings.ServerSettings` documents them.
+        description: one line for the config and the docs.
+    """
+
+    name: str
+    module: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    optional_inputs: tuple[str, ...]
+    needs: tuple[str, ...]
+    instance_count: int = 1
+    parameters: tuple[tuple[str, str], ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        names = {t.name for t in self.inputs}
+        unknown = set(self.optional_inputs) - names
+        if unknown:
+            raise ValueError(f"pipeline {self.name!r}: optional inputs {sorted(unknown)} are not inputs")
+
+    @staticmethod
+    def declared_dims(tensor: TensorSpec) -> list[int]:
+        """The tensor's dims in the config: symbols are -1."""
+        return [-1 if isinstance(d, str) else int(d) for d in tensor.shape]
+
+
+def exported_specs(repo) -> dict[str, NetworkSpec]:
+    """Specs of the graphs exported into a repository folder (each ``<model>/1/network.json``)."""
+    from pathlib import Path
+
+    return {p.parent.parent.name: NetworkSpec.from_dict(json.loads(p.read_text()))
+            for p in sorted(Path(repo).glob("*/1/network.json"))}

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from xsyn.client.sdk import XsynClient
-from xsyn.ensembles.annotation import Annotator, SegmentRequest
+from xsyn.api.annotation import SegmentRequest
+from xsyn.ensembles.annotation import Annotator
 from xsyn.ensembles.assets import ANNOTATION_GRAPHS, PipelineAssets
 from xsyn.ensembles.embedding_cache import EmbeddingCache
 from xsyn.ensembles.runner import LocalRunner

@@ -19,7 +19,7 @@ import numpy as np
 from xsyn.client.sdk import XsynClient
 from xsyn.ensembles.assets import PipelineAssets
 from xsyn.ensembles.runner import LocalRunner
-from xsyn.ensembles.schema import parse_request
+from xsyn.api.synthesis import parse_request
 from xsyn.ensembles.synthesis import Synthesizer
 from xsyn.serving.command import prepare_repository
 from xsyn.serving.server import ServerOptions, TritonServer, free_port

@@ -8,13 +8,13 @@ torch) are chosen by name; each fails at construction with a message naming what
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from xsyn.errors import MissingDependency
+from xsyn.settings import ServerSettings
 
 RUNTIMES = ("onnxruntime", "tensorrt")
 
@@ -36,7 +36,8 @@ class OnnxRuntimeSession:
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, threads: int | None = None, providers: list[str] | None = None) -> None:
+    def __init__(self, onnx_path: Path, threads: int | None = None, providers: list[str] | None = None,
+                 settings: ServerSettings | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -45,7 +46,7 @@ class OnnxRuntimeSession:
         wanted = providers or [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
         wanted = [p for p in wanted if p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or int(os.environ.get("XSYN_ORT_THREADS", "0")) or (os.cpu_count() or 1)
+        opts.intra_op_num_threads = threads or (settings or ServerSettings.load()).threads
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=wanted)
         self.providers = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -85,7 +86,9 @@ class TensorRTEngine:
             tensor = torch.from_numpy(np.ascontiguousarray(inputs[name])).cuda()
             keep.append(tensor)
             if self.engine.is_shape_inference_io(name):
-                self.context.set_tensor_address(name, tensor.cpu().data_ptr())
+                host = tensor.cpu()  # a shape tensor is read from host memory: keep it alive until the run ends
+                keep.append(host)
+                self.context.set_tensor_address(name, host.data_ptr())
             else:
                 self.context.set_input_shape(name, tuple(tensor.shape))
                 self.context.set_tensor_address(name, tensor.data_ptr())
@@ -101,11 +104,12 @@ class TensorRTEngine:
         return {n: result[n].cpu().numpy() for n in (outputs or self.output_names)}
 
 
-def open_runtime(version_dir: Path, prefer: str = "auto") -> Runtime:
+def open_runtime(version_dir: Path, prefer: str = "auto", settings: ServerSettings | None = None) -> Runtime:
     """Open the graph in a model version folder.
 
     ``prefer``: ``auto`` (TensorRT plan when ``model.plan`` exists and TensorRT imports, else
-    ONNX Runtime), ``onnxruntime`` or ``tensorrt``.
+    ONNX Runtime), ``onnxruntime`` or ``tensorrt``. ``settings``: threads (default: from the
+    environment, :meth:`ServerSettings.load`).
     """
     if prefer not in ("auto",) + RUNTIMES:
         raise ValueError(f"runtime {prefer!r}: expected auto or one of {RUNTIMES}")
@@ -116,4 +120,4 @@ def open_runtime(version_dir: Path, prefer: str = "auto") -> Runtime:
         except MissingDependency:
             if prefer == "tensorrt":
                 raise
-    return OnnxRuntimeSession(version_dir / "model.onnx")
+    return OnnxRuntimeSession(version_dir / "model.onnx", settings=settings)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import APSAM_TEST_CACHE_BYTES
-from xsyn.client.sdk import AnnotationSession, XsynClient
+from xsyn.client.sdk import AnnotationSession, XsynClient, annotation_call
 from xsyn.errors import InvalidArgument, NotFound
 
 pytestmark = pytest.mark.slow
@@ -143,7 +143,7 @@ def test_bad_annotation_input(tiny_server, client):
             (lambda: sdk.embed(b"\x89PNG\r\n\x1a\nbroken"), InvalidArgument, "image"),
             (lambda: sdk.embed(np.zeros((50, 50, 3), np.float32)), InvalidArgument, "image"),
             (lambda: sdk.embed(np.zeros((50, 50), np.uint8)), InvalidArgument, "image"),
-            (lambda: sdk._annotate({"op": "erase"}), InvalidArgument, "op"),
+            (lambda: sdk._call(*annotation_call({"op": "erase"})), InvalidArgument, "op"),
         ]
         for call, error, field in cases:
             with pytest.raises(error) as info:
@@ -154,7 +154,8 @@ def test_bad_annotation_input(tiny_server, client):
 
 
 def test_without_energy_weights_apsam_runs_as_sam(tiny_repo, tmp_path):
-    from xsyn.ensembles.annotation import Annotator, SegmentRequest
+    from xsyn.api.annotation import SegmentRequest
+    from xsyn.ensembles.annotation import Annotator
     from xsyn.ensembles.assets import ANNOTATION_GRAPHS, PipelineAssets
     from xsyn.ensembles.embedding_cache import EmbeddingCache
     from xsyn.ensembles.runner import LocalRunner

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from xsyn.errors import InvalidArgument
-from xsyn.ensembles.class_groups import load_class_groups, shipped_names
+from xsyn.api.class_groups import load_class_groups, shipped_names
 from xsyn.ensembles.idle_regions import IdleRules, box_iou, idle_candidates, pick_idle_box
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from xsyn.client.sdk import XsynClient, bytes_input
+from xsyn.api.tensors import bytes_input
+from xsyn.client.sdk import XsynClient
 from xsyn.errors import InvalidArgument
 
 pytestmark = pytest.mark.slow
@@ -192,7 +193,7 @@ def test_bad_requests_are_invalid_argument_naming_the_field(tiny_server, client)
     done = _raw(client, ok_request, image)
     assert done.as_numpy("image").shape == (100, 200, 3)
     with XsynClient(tiny_server.options.grpc_url) as sdk, pytest.raises(InvalidArgument, match="steps"):
-        sdk._infer("xsyn", [bytes_input("request", b'{"steps": 0}')])
+        sdk._call("xsyn", [bytes_input("request", b'{"steps": 0}')], lambda result: result)
 
 
 def test_a_cancelled_request_stops_between_steps(tiny_server, client):

@@ -33,3 +33,30 @@ def test_container_target_uses_native_backends(tiny_bundle):
     decoder = select_networks(tiny_bundle, only=("sam_decoder",))[0].spec
     cfg = leaf_config(decoder)
     assert cfg.max_batch_size == 0 and list(cfg.input[1].dims) == [-1, -1, 2]
+
+
+def test_pipeline_models_are_generated_from_their_specs():
+    from xsyn.export.pipelines import PIPELINES
+    from xsyn.serving.repository import pipeline_config, pipeline_shim
+
+    for spec in PIPELINES:
+        folder = ROOT / "model_repository" / spec.name
+        assert (folder / "config.pbtxt").read_text() == config_text(pipeline_config(spec)), spec.name
+        assert (folder / "1" / "model.py").read_text() == pipeline_shim(spec)
+        config = pipeline_config(spec)
+        assert [i.name for i in config.input] == [t.name for t in spec.inputs]
+        assert [i.name for i in config.input if i.optional] == list(spec.optional_inputs)
+        assert config.instance_group[0].count == spec.instance_count
+        assert spec.module in pipeline_shim(spec)
+
+
+def test_manifest_states_the_profile_and_the_unet_spec_sets_the_object_limit(tiny_repo):
+    import json
+
+    from xsyn.api.limits import MAX_OBJECTS
+    from xsyn.ensembles.assets import PipelineAssets
+
+    manifest = json.loads((tiny_repo / "unet" / "1" / "export_manifest.json").read_text())
+    assert manifest["profile"] == "tiny"
+    assets = PipelineAssets.load(tiny_repo)
+    assert assets.profile == "tiny" and assets.max_objects == MAX_OBJECTS

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from xsyn.errors import XsynError
-from xsyn.serving.repository import TARGETS, to_config_shape, write_repository
+from xsyn.api.tensors import array_input
+from xsyn.serving.repository import TARGETS, write_repository
 from xsyn.serving.server import ServerOptions, TritonServer, require_server
 
 DEFAULT_REPOSITORY = Path("model_repository")
@@ -52,7 +53,7 @@ def prepare_repository(preset: str | None, repository: Path | None) -> tuple[Pat
 
         bundle = preset_bundle(preset)
         networks = select_networks(bundle)
-        results = run_export(networks, repo, bundle.source)
+        results = run_export(networks, repo, bundle.source, profile=bundle.profile)
         failed = [r.name for r in results if r.status == "failed"]
         if failed:
             raise XsynError(f"export failed for {failed}; see {repo / 'parity_report.json'}")
@@ -120,8 +121,6 @@ def run_repository(args: argparse.Namespace) -> int:
 
 def infer(client, spec, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One raw gRPC request to a leaf model; per-sample scalars are sent as ``[batch, 1]``."""
-    from xsyn.client.sdk import array_input
-
-    tensors = [array_input(t.name, to_config_shape(spec, t, inputs[t.name])) for t in spec.inputs]
+    tensors = [array_input(t.name, spec.to_declared_shape(t, inputs[t.name])) for t in spec.inputs]
     result = client.infer(spec.name, tensors)
     return {t.name: result.as_numpy(t.name) for t in spec.outputs}

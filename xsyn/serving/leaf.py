@@ -10,7 +10,8 @@ beside the graph, opens the graph with :func:`xsyn.runtimes.open_runtime`, and p
   dimensions) and answers a bad one with INVALID_ARGUMENT, naming the input;
 - concatenates the valid requests whose non-batch shapes agree (dynamic batching), runs the
   graph once per group and splits the outputs back per request;
-- answers runtime failures per request (INTERNAL); the stub never crashes.
+- answers runtime failures per request (status from :data:`xsyn.errors.ERROR_TABLE`); the stub
+  never crashes.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from xsyn.errors import InvalidArgument
+from xsyn.errors import InternalError, InvalidArgument, XsynError
 from xsyn.export.specs import NetworkSpec
 from xsyn.runtimes import open_runtime
+from xsyn.serving.triton_errors import error_response
+from xsyn.settings import ServerSettings
 
 
 def validate_inputs(spec: NetworkSpec, arrays: dict[str, np.ndarray]) -> None:
@@ -68,13 +71,6 @@ def run_batched(runtime, spec: NetworkSpec, requests: list[dict[str, np.ndarray]
     return [{name: parts[k] for name, parts in split.items()} for k in range(len(group))]
 
 
-def _as_spec_rank(array: np.ndarray, tensor) -> np.ndarray:
-    """Undo Triton's ``[1]`` declaration of per-sample scalars (``[batch]`` arrives as ``[batch, 1]``)."""
-    if array.ndim == len(tensor.shape) + 1 and array.shape[-1] == 1:
-        return array.reshape(array.shape[:-1])
-    return array
-
-
 class TritonPythonModel:
     """Triton Python-backend model serving one exported graph."""
 
@@ -86,7 +82,7 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.spec = NetworkSpec.from_dict(json.loads((version_dir / "network.json").read_text()))
         runtime = config.get("parameters", {}).get("runtime", {}).get("string_value", "auto")
-        self.runtime = open_runtime(version_dir, runtime)
+        self.runtime = open_runtime(version_dir, runtime, ServerSettings.load())
         self.output_names = [t.name for t in self.spec.outputs]
 
     def execute(self, requests):
@@ -99,27 +95,25 @@ class TritonPythonModel:
                 for t in self.spec.inputs:
                     tensor = pb.get_input_tensor_by_name(request, t.name)
                     if tensor is not None:
-                        found[t.name] = _as_spec_rank(tensor.as_numpy(), t)
+                        found[t.name] = self.spec.from_declared_shape(t, tensor.as_numpy())
                 validate_inputs(self.spec, found)
                 arrays[i] = found
             except InvalidArgument as exc:
-                responses[i] = self._error(str(exc), pb.TritonError.INVALID_ARG)
+                responses[i] = error_response(pb, exc)
         valid = sorted(arrays)
         for group in batch_groups(self.spec, [arrays[i] for i in valid]):
             indices = [valid[k] for k in group]
             try:
                 outputs = run_batched(self.runtime, self.spec, [arrays[i] for i in indices], list(range(len(indices))))
             except Exception as exc:  # answered per request; the stub stays up
+                error = exc if isinstance(exc, XsynError) else InternalError(f"{self.spec.name}: runtime error: {exc}")
                 for i in indices:
-                    responses[i] = self._error(f"{self.spec.name}: runtime error: {exc}", pb.TritonError.INTERNAL)
+                    responses[i] = error_response(pb, error)
                 continue
             for i, out in zip(indices, outputs):
                 tensors = [pb.Tensor(name, np.ascontiguousarray(out[name])) for name in self.output_names]
                 responses[i] = pb.InferenceResponse(output_tensors=tensors)
         return responses
-
-    def _error(self, message: str, code):
-        return self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(message, code))
 
     def finalize(self) -> None:
         self.runtime = None

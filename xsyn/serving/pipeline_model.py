@@ -1,0 +1,91 @@
+"""What the two Python-backend pipeline models (``xsyn``, ``apsam``) share: start-up from their
+:class:`~xsyn.export.specs.PipelineSpec`, request reading, and per-request error answers.
+
+A subclass names its ``spec``, builds its orchestrator in :meth:`PipelineModel.setup` and turns
+one request into output arrays in :meth:`PipelineModel.handle`. Every error is answered on its
+own request with the status from :data:`xsyn.errors.ERROR_TABLE`; the stub never dies.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from xsyn.errors import InvalidArgument
+from xsyn.export.specs import PipelineSpec
+from xsyn.serving.triton_errors import error_response
+from xsyn.settings import ServerSettings
+
+
+def config_parameters(args: dict) -> dict[str, str]:
+    """The model config's ``parameters`` as ``{name: string_value}``."""
+    config = json.loads(args["model_config"])
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+
+class PipelineModel:
+    """Base of a pipeline model's ``TritonPythonModel``."""
+
+    spec: PipelineSpec
+
+    def initialize(self, args: dict) -> None:
+        import triton_python_backend_utils as pb
+
+        from xsyn.ensembles.assets import PipelineAssets
+        from xsyn.ensembles.runner import BlsRunner
+        from xsyn.ensembles.synthesis import preload
+
+        self.pb = pb
+        preload()
+        self.settings = ServerSettings.load(config_parameters(args))
+        self.assets = PipelineAssets.load(Path(args["model_repository"]).parent, self.spec.needs)
+        self.runner = BlsRunner(pb, self.assets.specs)
+        self.setup()
+
+    def setup(self) -> None:
+        """Build the orchestrator from ``self.runner``, ``self.assets`` and ``self.settings``."""
+        raise NotImplementedError
+
+    def handle(self, request) -> dict[str, np.ndarray]:
+        """One request -> ``{output name: array}`` (BYTES outputs as object arrays)."""
+        raise NotImplementedError
+
+    def execute(self, requests):
+        return [self._answer(request) for request in requests]
+
+    def _answer(self, request):
+        pb = self.pb
+        try:
+            outputs = self.handle(request)
+        except Exception as exc:  # answered per request; the stub stays up
+            return error_response(pb, exc)
+        return pb.InferenceResponse(output_tensors=[pb.Tensor(name, np.ascontiguousarray(value))
+                                                    for name, value in outputs.items()])
+
+    # ------------------------------------------------------------------ request reading
+
+    def request_json(self, request) -> bytes:
+        """The ``request`` input's bytes (InvalidArgument when it is missing)."""
+        payload = self.pb.get_input_tensor_by_name(request, "request")
+        if payload is None:
+            raise InvalidArgument(f"request: missing (JSON; see the {self.spec.name} model's request schema)")
+        return bytes(payload.as_numpy().reshape(-1)[0])
+
+    def read_image(self, request) -> np.ndarray:
+        """The request's image from ``image`` (uint8 array) or ``image_bytes`` (encoded)."""
+        from xsyn.ensembles.images import check_image, decode_image
+
+        array = self.pb.get_input_tensor_by_name(request, "image")
+        encoded = self.pb.get_input_tensor_by_name(request, "image_bytes")
+        if (array is None) == (encoded is None):
+            raise InvalidArgument("image: send exactly one of `image` (uint8 [H, W, 3]) and `image_bytes` (PNG/JPEG)")
+        if array is not None:
+            return check_image(array.as_numpy())
+        return check_image(decode_image(bytes(encoded.as_numpy().reshape(-1)[0])))
+
+
+def json_output(model) -> np.ndarray:
+    """A pydantic model as a BYTES ``[1]`` output."""
+    return np.array([model.model_dump_json().encode()], dtype=np.object_)
