@@ -11,7 +11,33 @@ import logging
 import sys
 
 from xsyn import __version__
-from xsyn.errors import XsynError
+from xsyn.errors import MissingDependency, XsynError
+
+#: Commands that need the ``server`` extra (torch, ONNX Runtime, tritonserver).
+SERVER_COMMANDS = ("export", "serve", "health", "repository", "demo")
+
+
+def add_server_commands(sub) -> None:
+    """Register the export / serving commands, or, in a client-only install, stand-ins that say
+    what to install (the client commands work either way)."""
+    try:
+        from xsyn.client import demo
+        from xsyn.export import command as export_command
+        from xsyn.serving import command as serving_command
+    except ImportError as exc:
+        missing = exc.name or str(exc)
+
+        def needs_server(args: argparse.Namespace) -> int:
+            raise MissingDependency(f"`xsyn {args.command}` needs the server extra (missing: {missing}); "
+                                    f"pip install 'xsyn[server]'")
+
+        for name in SERVER_COMMANDS:
+            p = sub.add_parser(name, help="needs the server extra: pip install 'xsyn[server]'")
+            p.set_defaults(handler=needs_server, any_arguments=True)
+        return
+    export_command.add_parser(sub)
+    serving_command.add_parsers(sub)
+    demo.add_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,15 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"xsyn {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    from xsyn.export import command as export_command
-    from xsyn.serving import command as serving_command
+    from xsyn.client import annotate_job, sample_data_command, synthesize_job
 
-    from xsyn.client import annotate_job, demo, sample_data_command, synthesize_job
-
-    export_command.add_parser(sub)
-    serving_command.add_parsers(sub)
+    add_server_commands(sub)
     sample_data_command.add_parser(sub)
-    demo.add_parser(sub)
     synthesize_job.add_parser(sub)
     annotate_job.add_parser(sub)
     return parser
@@ -35,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

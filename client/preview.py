@@ -16,7 +16,8 @@ MASK = np.array([255, 40, 200], np.float32)
 def overlay(image: np.ndarray, response, attention: np.ndarray | None = None) -> np.ndarray:
     """The image with masks tinted, grounding (yellow) / refined (red) / original (blue) boxes and MPS points."""
     from PIL import Image, ImageDraw
-    from pycocotools import mask as mask_utils
+
+    from xsyn.api.masks import rle_decode
 
     canvas = image.astype(np.float32).copy()
     if attention is not None and len(attention):
@@ -24,7 +25,7 @@ def overlay(image: np.ndarray, response, attention: np.ndarray | None = None) ->
         canvas = canvas * (1 - 0.45 * heat) + np.array([255, 60, 0], np.float32) * 0.45 * heat
     for item in response.items:
         if item.mask:
-            m = mask_utils.decode({"size": item.mask["size"], "counts": item.mask["counts"].encode()}).astype(bool)
+            m = rle_decode(item.mask)
             canvas[m] = 0.6 * canvas[m] + 0.4 * MASK
     pil = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(pil)

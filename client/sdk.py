@@ -1,33 +1,42 @@
-"""Typed gRPC client for the ``xsyn`` server (``tritonclient`` underneath).
+"""Typed gRPC client for the ``xsyn`` server (``tritonclient`` underneath); needs no torch.
 
-Errors come back as the product's exceptions, mapped from the real gRPC status codes:
-INVALID_ARGUMENT -> :class:`InvalidArgument`, NOT_FOUND -> :class:`NotFound`, UNAVAILABLE ->
-:class:`Unavailable`, DEADLINE_EXCEEDED -> :class:`DeadlineExceeded`, CANCELLED ->
-:class:`Cancelled`, anything else -> :class:`InternalError`.
+Installs alone (``pip install xsyn``, without the ``server`` extra) and imports only
+:mod:`xsyn.api` and :mod:`xsyn.errors`. Errors come back as the product's exceptions through the
+one error table (:data:`xsyn.errors.ERROR_TABLE`): INVALID_ARGUMENT -> :class:`InvalidArgument`,
+NOT_FOUND -> :class:`NotFound`, UNAVAILABLE -> :class:`Unavailable`, DEADLINE_EXCEEDED ->
+:class:`DeadlineExceeded`, CANCELLED -> :class:`Cancelled`, RESOURCE_EXHAUSTED ->
+:class:`ResourceExhausted`, FAILED_PRECONDITION -> :class:`FailedPrecondition`, anything else
+-> :class:`InternalError`.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from xsyn.api.annotation import AnnotationResponse
+from xsyn.api.masks import rle_decode
+from xsyn.api.synthesis import SynthesisRequest, SynthesisResponse, parse_request
+from xsyn.api.tensors import array_input, bytes_input, image_input, output_arrays
 from xsyn.errors import (  # noqa: F401  (re-exported: the SDK's exceptions)
-    BY_STATUS, Cancelled, DeadlineExceeded, InternalError, InvalidArgument, NotFound, Unavailable, XsynError,
+    BY_STATUS, Cancelled, DeadlineExceeded, FailedPrecondition, InternalError, InvalidArgument, NotFound,
+    ResourceExhausted, Unavailable, XsynError, error_from_wire,
 )
-from xsyn.ensembles.annotation import AnnotationResponse
-from xsyn.ensembles.schema import SynthesisRequest, SynthesisResponse, parse_request
-
-
 
 
 def map_error(exc: Exception) -> XsynError:
     """A ``tritonclient`` exception -> the product exception of its gRPC status."""
-    status = str(getattr(exc, "status", lambda: "")() or "").replace("StatusCode.", "")
+    status = str(getattr(exc, "status", lambda: "")() or "")
     message = exc.message() if hasattr(exc, "message") else str(exc)
-    return BY_STATUS.get(status, InternalError)(message)
+    return error_from_wire(status, message or "")
 
+
+# ---------------------------------------------------------------------- requests and results
+# One builder per call, shared by the sync and asyncio clients: ``(model, inputs, parse)``.
 
 @dataclass
 class SynthesisResult:
@@ -39,63 +48,82 @@ class SynthesisResult:
     attention_maps: np.ndarray | None = None
 
 
-_DTYPES = {"uint8": "UINT8", "float32": "FP32", "float64": "FP64", "int32": "INT32", "int64": "INT64"}
+@dataclass
+class SegmentResult:
+    """A click's answer: masks (RLE + polygons + scores) and the low-res logits for the next click."""
+
+    response: AnnotationResponse
+    low_res_mask: np.ndarray
+
+    @property
+    def best(self):
+        return max(self.response.masks, key=lambda m: m.score)
+
+    def mask(self) -> np.ndarray:
+        """The best mask as bool ``[H, W]``."""
+        return rle_decode(self.best.rle)
 
 
-def bytes_input(name: str, data: bytes):
-    """A BYTES ``[1]`` gRPC input."""
-    import tritonclient.grpc as grpcclient
+def synthesis_call(request: SynthesisRequest | dict, image: np.ndarray | bytes):
+    """``xsyn`` call: the request is validated here, so a bad field fails before any traffic."""
+    req = request if isinstance(request, SynthesisRequest) else parse_request(request)
+    inputs = [bytes_input("request", req.model_dump_json(exclude_defaults=True).encode()), image_input(image)]
 
-    tensor = grpcclient.InferInput(name, [1], "BYTES")
-    tensor.set_data_from_numpy(np.array([data], dtype=np.object_))
-    return tensor
+    def parse(result) -> SynthesisResult:
+        response = SynthesisResponse.model_validate_json(result.as_numpy("response").reshape(-1)[0])
+        return SynthesisResult(
+            image=result.as_numpy("image"), response=response,
+            unoccluded_image=result.as_numpy("unoccluded_image") if req.return_unoccluded_image else None,
+            attention_maps=result.as_numpy("attention_maps") if req.return_attention_maps else None)
 
-
-def array_input(name: str, array: np.ndarray):
-    """A gRPC input from a numpy array (its dtype decides the Triton type)."""
-    import tritonclient.grpc as grpcclient
-
-    array = np.ascontiguousarray(array)
-    tensor = grpcclient.InferInput(name, list(array.shape), _DTYPES.get(str(array.dtype), "FP32"))
-    tensor.set_data_from_numpy(array)
-    return tensor
+    return "xsyn", inputs, parse
 
 
-def image_input(image: np.ndarray | bytes):
-    """``image_bytes`` for encoded images, ``image`` for arrays."""
-    return bytes_input("image_bytes", bytes(image)) if isinstance(image, (bytes, bytearray)) else array_input("image", image)
+def annotation_call(request: dict, image=None, mask_input=None, segment: bool = False):
+    inputs = [bytes_input("request", json.dumps(request).encode())]
+    if image is not None:
+        inputs.append(image_input(image))
+    if mask_input is not None:
+        inputs.append(array_input("mask_input", mask_input))
+
+    def parse(result):
+        response = AnnotationResponse.model_validate_json(result.as_numpy("response").reshape(-1)[0])
+        return SegmentResult(response, result.as_numpy("low_res_mask")) if segment else response
+
+    return "apsam", inputs, parse
 
 
-def synthesis_inputs(req: SynthesisRequest, image: np.ndarray | bytes) -> list:
-    return [bytes_input("request", req.model_dump_json(exclude_defaults=True).encode()), image_input(image)]
+def embed_call(image: np.ndarray | bytes):
+    return annotation_call({"op": "embed"}, image=image)
 
 
-def segment_request(key, points, labels, box, multimask, adaptive_points, seed, tokens="auto") -> dict:
-    return {"op": "segment", "key": key, "points": [list(map(float, p)) for p in points],
-            "labels": [int(v) for v in labels], "box": list(map(float, box)) if box is not None else None,
-            "multimask": multimask, "adaptive_points": adaptive_points, "seed": seed, "tokens": tokens}
+def segment_call(key: str, points=(), labels=(), box=None, mask_input=None, multimask=False,
+                 adaptive_points=True, seed=0, tokens="auto"):
+    request = {"op": "segment", "key": key, "points": [list(map(float, p)) for p in points],
+               "labels": [int(v) for v in labels], "box": list(map(float, box)) if box is not None else None,
+               "multimask": multimask, "adaptive_points": adaptive_points, "seed": seed, "tokens": tokens}
+    return annotation_call(request, mask_input=mask_input, segment=True)
 
 
-def annotation_result(result) -> tuple[AnnotationResponse, np.ndarray]:
-    response = AnnotationResponse.model_validate_json(result.as_numpy("response").reshape(-1)[0])
-    return response, result.as_numpy("low_res_mask")
+def generate_call(key: str, **overrides):
+    return annotation_call({"op": "generate", "key": key, **overrides})
 
 
-def synthesis_result(req: SynthesisRequest, result) -> SynthesisResult:
-    """Typed result from an ``xsyn`` model response."""
-    response = SynthesisResponse.model_validate_json(result.as_numpy("response").reshape(-1)[0])
-    return SynthesisResult(
-        image=result.as_numpy("image"), response=response,
-        unoccluded_image=result.as_numpy("unoccluded_image") if req.return_unoccluded_image else None,
-        attention_maps=result.as_numpy("attention_maps") if req.return_attention_maps else None,
-    )
+def health_report(live: bool, ready: bool, index: dict) -> dict:
+    """``{"live", "ready", "models": {name: state}}`` from the server's answers."""
+    return {"live": live, "ready": ready, "models": {m["name"]: m.get("state", "UNKNOWN") for m in index.get("models", [])}}
+
+
+def _grpc_options(ssl, root_certificates, private_key, certificate_chain) -> dict:
+    return dict(ssl=ssl, root_certificates=root_certificates, private_key=private_key,
+                certificate_chain=certificate_chain)
 
 
 @dataclass
 class SynthesisCall:
     """An in-flight synthesis started with :meth:`XsynClient.submit`."""
 
-    request: SynthesisRequest
+    parse: object
     event: object
     context: object = None
     result_: object = None
@@ -111,8 +139,10 @@ class SynthesisCall:
             raise DeadlineExceeded(f"no answer within {timeout} s")
         if self.error_ is not None:
             raise self.error_
-        return synthesis_result(self.request, self.result_)
+        return self.parse(self.result_)
 
+
+# ---------------------------------------------------------------------- clients
 
 class XsynClient:
     """Synchronous client. ``url``: gRPC ``host:port``; ``timeout``: seconds per call.
@@ -131,84 +161,63 @@ class XsynClient:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
-        self._client = grpcclient.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
-                                                        private_key=private_key, certificate_chain=certificate_chain)
+        self._client = grpcclient.InferenceServerClient(
+            url, **_grpc_options(ssl, root_certificates, private_key, certificate_chain))
+
+    def _call(self, model: str, inputs: list, parse):
+        for attempt in range(self.retries + 1):
+            try:
+                return parse(self._client.infer(model, inputs, client_timeout=self.timeout))
+            except Exception as exc:  # tritonclient raises InferenceServerException for every gRPC status
+                error = exc if isinstance(exc, XsynError) else map_error(exc)
+                if not isinstance(error, Unavailable) or attempt == self.retries:
+                    raise error from None
+                time.sleep(self.backoff * 2**attempt)
 
     def synthesize(self, request: SynthesisRequest | dict, image: np.ndarray | bytes) -> SynthesisResult:
         """Run one synthesis. ``image``: uint8 ``[H, W, 3]`` RGB array or PNG/JPEG bytes."""
-        req = request if isinstance(request, SynthesisRequest) else parse_request(request)
-        return synthesis_result(req, self._infer("xsyn", synthesis_inputs(req, image)))
-
-    # ------------------------------------------------------------------ annotation (apsam)
+        return self._call(*synthesis_call(request, image))
 
     def embed(self, image: np.ndarray | bytes) -> AnnotationResponse:
         """Encode an image once on the server; the response's ``key`` names it for clicks."""
-        return self._annotate({"op": "embed"}, image=image)[0]
+        return self._call(*embed_call(image))
 
     def segment(self, key: str, points=(), labels=(), box=None, mask_input: np.ndarray | None = None,
                 multimask: bool = False, adaptive_points: bool = True, seed: int = 0, tokens: str = "auto"
-                ) -> "SegmentResult":
+                ) -> SegmentResult:
         """Masks for points (``[x, y]`` pixels, labels 1 fg / 0 bg) and/or a box on an embedded image.
 
         ``mask_input``: the previous result's ``low_res_mask`` (float32 ``[1, 1, 4E, 4E]``).
         Raises :class:`NotFound` when the key is unknown or was evicted.
         """
-        request = segment_request(key, points, labels, box, multimask, adaptive_points, seed, tokens)
-        response, low = self._annotate(request, mask_input=mask_input)
-        return SegmentResult(response, low)
+        return self._call(*segment_call(key, points, labels, box, mask_input, multimask, adaptive_points, seed, tokens))
 
     def generate_masks(self, key: str, **overrides) -> AnnotationResponse:
         """Automatic masks for an embedded image (``points_per_side``, thresholds may be overridden)."""
-        return self._annotate({"op": "generate", "key": key, **overrides})[0]
+        return self._call(*generate_call(key, **overrides))
 
-    def _annotate(self, request: dict, image=None, mask_input=None):
-        inputs = [bytes_input("request", json.dumps(request).encode())]
-        if image is not None:
-            inputs.append(image_input(image))
-        if mask_input is not None:
-            inputs.append(array_input("mask_input", mask_input))
-        return annotation_result(self._infer("apsam", inputs))
-
-    def _infer(self, model: str, inputs):
-        import time
-
-        for attempt in range(self.retries + 1):
-            try:
-                return self._client.infer(model, inputs, client_timeout=self.timeout)
-            except Exception as exc:  # tritonclient raises InferenceServerException for every gRPC status
-                error = map_error(exc)
-                if not isinstance(error, Unavailable) or attempt == self.retries:
-                    raise error from None
-                time.sleep(self.backoff * 2**attempt)
-
-    def submit(self, request: SynthesisRequest | dict, image: np.ndarray | bytes) -> "SynthesisCall":
+    def submit(self, request: SynthesisRequest | dict, image: np.ndarray | bytes) -> SynthesisCall:
         """Start a synthesis without waiting; the returned call can be waited on or cancelled."""
-        import threading
-
-        req = request if isinstance(request, SynthesisRequest) else parse_request(request)
-        call = SynthesisCall(req, threading.Event())
+        model, inputs, parse = synthesis_call(request, image)
+        call = SynthesisCall(parse, threading.Event())
 
         def done(result, error):
             call.result_ = result
             call.error_ = map_error(error) if error is not None else None
             call.event.set()
 
-        call.context = self._client.async_infer("xsyn", synthesis_inputs(req, image), callback=done,
-                                                client_timeout=self.timeout)
+        call.context = self._client.async_infer(model, inputs, callback=done, client_timeout=self.timeout)
         return call
 
     def infer_raw(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One request to any model (leaf graphs included) with numpy inputs; all outputs back."""
-        tensors = [array_input(name, value) for name, value in inputs.items()]
-        result = self._infer(model, tensors)
-        return {out["name"]: result.as_numpy(out["name"]) for out in result.get_response(as_json=True)["outputs"]}
+        return self._call(model, [array_input(name, value) for name, value in inputs.items()], output_arrays)
 
     def health(self) -> dict:
         """Server liveness/readiness and every model's state."""
         try:
-            index = self._client.get_model_repository_index(as_json=True).get("models", [])
-            return {"live": self._client.is_server_live(), "ready": self._client.is_server_ready(),
-                    "models": {m["name"]: m.get("state", "UNKNOWN") for m in index}}
+            return health_report(self._client.is_server_live(), self._client.is_server_ready(),
+                                 self._client.get_model_repository_index(as_json=True))
         except Exception as exc:
             raise map_error(exc) from None
 
@@ -220,25 +229,6 @@ class XsynClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-@dataclass
-class SegmentResult:
-    """A click's answer: masks (RLE + polygons + scores) and the low-res logits for the next click."""
-
-    response: AnnotationResponse
-    low_res_mask: np.ndarray
-
-    @property
-    def best(self):
-        return max(self.response.masks, key=lambda m: m.score)
-
-    def mask(self) -> np.ndarray:
-        """The best mask as bool ``[H, W]``."""
-        from pycocotools import mask as mask_utils
-
-        rle = self.best.rle
-        return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
 
 
 class AnnotationSession:
@@ -299,36 +289,35 @@ class AsyncXsynClient:
         import tritonclient.grpc.aio as aioclient
 
         self.timeout = timeout
-        self._client = aioclient.InferenceServerClient(url, ssl=ssl, root_certificates=root_certificates,
-                                                       private_key=private_key, certificate_chain=certificate_chain)
+        self._client = aioclient.InferenceServerClient(
+            url, **_grpc_options(ssl, root_certificates, private_key, certificate_chain))
 
-    async def _infer(self, model, inputs):
+    async def _call(self, model: str, inputs: list, parse):
         try:
-            return await self._client.infer(model, inputs, client_timeout=self.timeout)
+            return parse(await self._client.infer(model, inputs, client_timeout=self.timeout))
+        except XsynError:
+            raise
         except Exception as exc:
             raise map_error(exc) from None
 
     async def synthesize(self, request: SynthesisRequest | dict, image: np.ndarray | bytes) -> SynthesisResult:
-        req = request if isinstance(request, SynthesisRequest) else parse_request(request)
-        return synthesis_result(req, await self._infer("xsyn", synthesis_inputs(req, image)))
+        return await self._call(*synthesis_call(request, image))
 
     async def embed(self, image: np.ndarray | bytes) -> AnnotationResponse:
-        inputs = [bytes_input("request", b'{"op": "embed"}'), image_input(image)]
-        return annotation_result(await self._infer("apsam", inputs))[0]
+        return await self._call(*embed_call(image))
 
     async def segment(self, key: str, points=(), labels=(), box=None, mask_input=None, multimask=False,
                       adaptive_points=True, seed=0, tokens="auto") -> SegmentResult:
-        request = segment_request(key, points, labels, box, multimask, adaptive_points, seed, tokens)
-        inputs = [bytes_input("request", json.dumps(request).encode())]
-        if mask_input is not None:
-            inputs.append(array_input("mask_input", mask_input))
-        return SegmentResult(*annotation_result(await self._infer("apsam", inputs)))
+        return await self._call(*segment_call(key, points, labels, box, mask_input, multimask, adaptive_points,
+                                              seed, tokens))
+
+    async def generate_masks(self, key: str, **overrides) -> AnnotationResponse:
+        return await self._call(*generate_call(key, **overrides))
 
     async def health(self) -> dict:
         try:
-            index = (await self._client.get_model_repository_index(as_json=True)).get("models", [])
-            return {"live": await self._client.is_server_live(), "ready": await self._client.is_server_ready(),
-                    "models": {m["name"]: m.get("state", "UNKNOWN") for m in index}}
+            return health_report(await self._client.is_server_live(), await self._client.is_server_ready(),
+                                 await self._client.get_model_repository_index(as_json=True))
         except Exception as exc:
             raise map_error(exc) from None
 

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from xsyn.errors import XsynError
-from xsyn.files import write_atomic
+from xsyn.api.class_groups import ClassGroups, load_class_groups
+from xsyn.api.masks import rle_area
 from xsyn.client.coco import SourceImage, read_coco
+from xsyn.errors import InvalidArgument, MissingDependency
+from xsyn.files import write_atomic
 
 
 def add_parser(sub) -> None:
@@ -58,6 +60,18 @@ class WorkItem:
         return f"{Path(self.source.file_name).stem}_{self.source.image_id}_{self.k}"
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one work item: ``done``, ``skipped`` (a result, e.g. no idle region) or
+    ``failed`` (an error; the job goes on), with the reason for the last two."""
+
+    state: Literal["done", "skipped", "failed"]
+    reason: str = ""
+
+
+DONE = Outcome("done")
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     import io
 
@@ -73,14 +87,18 @@ def item_seed(job_seed: int, image_id: int, k: int) -> int:
 
 
 class Backend:
-    """Where synthesis runs: the server (SDK) or in-process (same orchestrator)."""
+    """Where synthesis runs: the server (SDK) or in-process (same orchestrator, needs the server extra)."""
 
     def __init__(self, args) -> None:
         self.local = args.local
         if args.local is not None:
-            from xsyn.ensembles.assets import PipelineAssets
-            from xsyn.ensembles.runner import LocalRunner
-            from xsyn.ensembles.synthesis import Synthesizer
+            try:
+                from xsyn.ensembles.assets import PipelineAssets
+                from xsyn.ensembles.runner import LocalRunner
+                from xsyn.ensembles.synthesis import Synthesizer
+            except ImportError as exc:
+                raise MissingDependency(f"--local runs the pipeline in-process and needs the server extra "
+                                        f"(pip install 'xsyn[server]'): {exc}") from None
 
             self.synthesizer = Synthesizer(LocalRunner(args.local), PipelineAssets.load(args.local))
             self.versions = _repository_versions(Path(args.local))
@@ -95,7 +113,7 @@ class Backend:
 
     def synthesize(self, request: dict, image: np.ndarray):
         if self.local is not None:
-            from xsyn.ensembles.schema import parse_request
+            from xsyn.api.synthesis import parse_request
 
             out = self.synthesizer.run(parse_request(request), image)
             return out.image, out.response, out.unoccluded_image, out.attention_maps
@@ -116,9 +134,6 @@ def resolve_class_groups(value: str):
     """A shipped group name or a user JSON file -> (groups, the request fields that select them)."""
     from pydantic import ValidationError
 
-    from xsyn.errors import InvalidArgument
-    from xsyn.ensembles.class_groups import ClassGroups, load_class_groups
-
     path = Path(value)
     if path.suffix == ".json" or path.is_file():
         try:
@@ -129,87 +144,106 @@ def resolve_class_groups(value: str):
     return load_class_groups(value), {"class_groups": value}
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class Job:
+    """One ``xsyn synthesize`` run: items, where they run, and how each is written."""
 
-    groups, group_fields = resolve_class_groups(args.class_groups)
-    coco = read_coco(args.images, args.annotations, set(groups.classes))
-    out = args.out
-    (out / "records").mkdir(parents=True, exist_ok=True)
-    items = [WorkItem(src, k, item_seed(args.seed, src.image_id, k)) for src in coco.images for k in range(args.per_image)]
-    if args.limit is not None:
-        items = items[: args.limit]
-    finished = {it.name for it in items if (out / "records" / f"{it.name}.json").is_file()}
-    todo = [it for it in items if it.name not in finished]
-    skipped: dict[str, str] = {}
-    failed: dict[str, str] = {}
-    for problem in coco.problems:
-        print(f"  input: {problem}")
-    backend = Backend(args)
-    lock = threading.Lock()
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = args.out
+        groups, self.group_fields = resolve_class_groups(args.class_groups)
+        self.coco = read_coco(args.images, args.annotations, set(groups.classes))
+        self.items = [WorkItem(src, k, item_seed(args.seed, src.image_id, k))
+                      for src in self.coco.images for k in range(args.per_image)][: args.limit]
+        (self.out / "records").mkdir(parents=True, exist_ok=True)
+        self.finished = {it.name for it in self.items if self.record_path(it).is_file()}
+        self.backend: Backend | None = None
 
-    def work(item: WorkItem) -> str:
+    def record_path(self, item: WorkItem) -> Path:
+        return self.out / "records" / f"{item.name}.json"
+
+    def request_for(self, item: WorkItem) -> dict:
+        """The SynthesisRequest fields of one item: ``modify`` re-paints the annotated boxes, ``add``
+        keeps them and avoids them when it picks an idle region."""
+        args, src = self.args, item.source
+        return {**args.request, "mode": args.mode, "seed": item.seed, "steps": args.steps, **self.group_fields,
+                "boxes": src.boxes, "class_names": src.class_names,
+                "return_attention_maps": args.preview, "return_mps_points": args.preview,
+                "return_unoccluded_image": args.preview}
+
+    def synthesize_item(self, item: WorkItem) -> Outcome:
+        """Run one item and write its image, preview and record (record last, atomically)."""
+        from PIL import Image
+
         src = item.source
         if not src.path.is_file():
             raise FileNotFoundError(f"image file {src.path} not found")
-        if args.mode == "modify" and not src.boxes:
-            return "skipped: no usable annotations to modify"
-        from PIL import Image
-
+        if self.args.mode == "modify" and not src.boxes:
+            return Outcome("skipped", "no usable annotations to modify")
         image = np.asarray(Image.open(src.path).convert("RGB"))
-        request = {**args.request, "mode": args.mode, "seed": item.seed, "steps": args.steps,
-                   **group_fields, "boxes": src.boxes if args.mode == "modify" else [],
-                   "class_names": src.class_names if args.mode == "modify" else [],
-                   "return_attention_maps": args.preview, "return_mps_points": args.preview,
-                   "return_unoccluded_image": args.preview}
-        if args.mode == "add":  # the existing annotations are kept and avoided by the idle-region rule
-            request.update(boxes=src.boxes, class_names=src.class_names)
+        request = self.request_for(item)
         start = time.perf_counter()
-        final, response, unoccluded, attention = backend.synthesize(request, image)
+        final, response, unoccluded, attention = self.backend.synthesize(request, image)
         if response.status != "ok":
-            return f"skipped: {response.status}"
-        write_atomic(out / "images" / f"{item.name}.png", png_bytes(final))
-        if args.preview:
+            return Outcome("skipped", response.status)
+        write_atomic(self.out / "images" / f"{item.name}.png", png_bytes(final))
+        if self.args.preview:
             from xsyn.client.preview import overlay
 
-            write_atomic(out / "preview" / f"{item.name}.png", png_bytes(overlay(unoccluded, response, attention)))
+            write_atomic(self.out / "preview" / f"{item.name}.png", png_bytes(overlay(unoccluded, response, attention)))
         record = {"item": item.name, "file_name": f"images/{item.name}.png", "source_image": str(src.file_name),
-                  "source_image_id": src.image_id, "k": item.k, "seed": item.seed, "mode": args.mode,
+                  "source_image_id": src.image_id, "k": item.k, "seed": item.seed, "mode": self.args.mode,
                   "request": {k: v for k, v in request.items() if not k.startswith("return_")},
-                  "backend": backend.where, "model_versions": backend.versions,
+                  "backend": self.backend.where, "model_versions": self.backend.versions,
                   "seconds": round(time.perf_counter() - start, 3), "response": response.model_dump()}
-        write_atomic(out / "records" / f"{item.name}.json", json.dumps(record, indent=1).encode())
-        return "done"
+        write_atomic(self.record_path(item), json.dumps(record, indent=1).encode())
+        return DONE
 
-    bar = tqdm(total=len(items), initial=len(finished), unit="img", desc="synthesize", dynamic_ncols=True)
-    with ThreadPoolExecutor(max_workers=max(1, args.concurrency)) as pool:
-        futures = {pool.submit(work, it): it for it in todo}
-        for future in as_completed(futures):
-            item = futures[future]
-            try:
-                outcome = future.result()
-            except XsynError as exc:
-                outcome = f"failed: {type(exc).__name__}: {exc}"
-            except Exception as exc:  # reported per item; the run goes on
-                outcome = f"failed: {type(exc).__name__}: {exc}"
-            with lock:
-                if outcome.startswith("skipped"):
-                    skipped[item.name] = outcome[len("skipped: "):]
-                elif outcome.startswith("failed"):
-                    failed[item.name] = outcome[len("failed: "):]
+    def run_items(self, todo: list[WorkItem]) -> dict[str, Outcome]:
+        """Run ``todo`` with bounded concurrency and a progress bar; every item gets an outcome."""
+        from tqdm import tqdm
+
+        outcomes: dict[str, Outcome] = {}
+        bar = tqdm(total=len(self.items), initial=len(self.finished), unit="img", desc="synthesize",
+                   dynamic_ncols=True)
+        with ThreadPoolExecutor(max_workers=max(1, self.args.concurrency)) as pool:
+            futures = {pool.submit(self.synthesize_item, it): it for it in todo}
+            for future in as_completed(futures):
+                try:
+                    outcome = future.result()
+                except Exception as exc:  # reported per item; the run goes on
+                    outcome = Outcome("failed", f"{type(exc).__name__}: {exc}")
+                outcomes[futures[future].name] = outcome
                 bar.update(1)
-    bar.close()
-    coco_path = build_coco(out, [it.name for it in items], coco.categories)
-    if args.preview:
-        write_contact_sheet(out)
-    done_now = len(todo) - len(skipped) - len(failed)
-    print(f"xsyn synthesize: {done_now} done now, {len(finished)} already done (resumed), "
-          f"{len(skipped)} skipped, {len(failed)} failed -> {coco_path}")
-    for name, why in sorted(skipped.items()):
+        bar.close()
+        return outcomes
+
+    def run(self) -> int:
+        for problem in self.coco.problems:
+            print(f"  input: {problem}")
+        todo = [it for it in self.items if it.name not in self.finished]
+        self.backend = Backend(self.args)
+        outcomes = self.run_items(todo)
+        coco_path = build_coco(self.out, [it.name for it in self.items], self.coco.categories)
+        if self.args.preview:
+            write_contact_sheet(self.out)
+        return report(outcomes, len(self.finished), coco_path)
+
+
+def report(outcomes: dict[str, Outcome], resumed: int, coco_path: Path) -> int:
+    """Print the summary and every item that was skipped or failed; exit code 1 if any failed."""
+    by_state = {state: sorted((n, o.reason) for n, o in outcomes.items() if o.state == state)
+                for state in ("done", "skipped", "failed")}
+    print(f"xsyn synthesize: {len(by_state['done'])} done now, {resumed} already done (resumed), "
+          f"{len(by_state['skipped'])} skipped, {len(by_state['failed'])} failed -> {coco_path}")
+    for name, why in by_state["skipped"]:
         print(f"  skipped {name}: {why}")
-    for name, why in sorted(failed.items()):
+    for name, why in by_state["failed"]:
         print(f"  failed  {name}: {why}")
-    return 1 if failed else 0
+    return 1 if by_state["failed"] else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return Job(args).run()
 
 
 def build_coco(out: Path, item_names: list[str], input_categories: list[str]) -> Path:
@@ -231,11 +265,8 @@ def build_coco(out: Path, item_names: list[str], input_categories: list[str]) ->
                    "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
                    "xsyn_source": item["source"], "xsyn_status": item["status"]}
             if item.get("mask"):
-                from pycocotools import mask as mask_utils
-
                 ann["segmentation"] = item["mask"]
-                ann["area"] = float(mask_utils.area({"size": item["mask"]["size"],
-                                                      "counts": item["mask"]["counts"].encode()}))
+                ann["area"] = rle_area(item["mask"])
             coco["annotations"].append(ann)
     path = out / "annotations.json"
     write_atomic(path, json.dumps(coco, indent=1).encode())
