@@ -17,6 +17,7 @@ import numpy as np
 
 from xsyn.errors import error_from_wire
 from xsyn.export.specs import NetworkSpec
+from xsyn.settings import ServerSettings
 
 
 class Runner(Protocol):
@@ -26,21 +27,26 @@ class Runner(Protocol):
 
 
 class LocalRunner:
-    """In-process runner over an exported repository; sessions open lazily, one per graph."""
+    """In-process runner over an exported repository; sessions open lazily, one per graph.
 
-    def __init__(self, repo: Path, runtime: str = "auto") -> None:
+    ``runtime``: ``auto``, ``onnxruntime``, ``tensorrt`` or ``torch`` (default: ``settings.runtime``);
+    ``settings``: threads, device and precision (default: from the environment).
+    """
+
+    def __init__(self, repo: Path, runtime: str | None = None, settings: ServerSettings | None = None) -> None:
         from xsyn.runtimes import open_runtime
 
         self.repo = Path(repo)
         self._open = open_runtime
         self._runtime = runtime
+        self._settings = settings or ServerSettings.load()
         self._sessions: dict = {}
         self._lock = threading.Lock()
 
     def infer(self, model, inputs, outputs=None):
         with self._lock:
             if model not in self._sessions:
-                self._sessions[model] = self._open(self.repo / model / "1", self._runtime)
+                self._sessions[model] = self._open(self.repo / model / "1", self._runtime, self._settings)
         return self._sessions[model].run(inputs, outputs)
 
 

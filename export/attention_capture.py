@@ -41,15 +41,31 @@ def output_name(layer: str) -> str:
     return "attn_" + layer.replace(".", "_")
 
 
+class CaptureSink:
+    """Where the capture processors put their probabilities: ``maps[layer]`` is a list of
+    ``[B, N, T]`` tensors (one per transformer block). An object rather than a bare dict, so that
+    exporters that snapshot and restore a module's container attributes (``torch.export``) leave
+    the processors and the wrapper sharing one sink."""
+
+    def __init__(self) -> None:
+        self.maps: dict[str, list[torch.Tensor]] = {}
+
+    def clear(self) -> None:
+        self.maps = {}
+
+    def __getitem__(self, layer: str) -> list[torch.Tensor]:
+        return self.maps[layer]
+
+
 class CaptureCrossAttnProcessor:
     """Explicit-softmax cross-attention that stores head-averaged probabilities.
 
-    After a call, ``sink[key]`` holds float32 ``[B, N, T]``: for each of the ``N`` query pixels
+    After a call, ``sink[key]`` holds float32 ``[B, N, T]`` tensors: for each of the ``N`` query pixels
     (row-major over the layer's ``h x w`` grid) the softmax over the ``T`` text tokens, averaged
     over heads. Blocks with several transformer blocks average their probabilities.
     """
 
-    def __init__(self, sink: dict[str, list[torch.Tensor]], key: str) -> None:
+    def __init__(self, sink: CaptureSink, key: str) -> None:
         self.sink = sink
         self.key = key
 
@@ -67,14 +83,14 @@ class CaptureCrossAttnProcessor:
         probs = torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1)  # [B, heads, N, T]
         out = (probs @ v).transpose(1, 2).reshape(b, n, heads * head_dim)
         out = attn.to_out[1](attn.to_out[0](out))
-        self.sink.setdefault(self.key, []).append(probs.mean(dim=1))
+        self.sink.maps.setdefault(self.key, []).append(probs.mean(dim=1))
         return out
 
 
-def install_capture(unet: nn.Module, layers: tuple[str, ...]) -> dict[str, list[torch.Tensor]]:
+def install_capture(unet: nn.Module, layers: tuple[str, ...]) -> CaptureSink:
     """Put :class:`CaptureCrossAttnProcessor` on the ``attn2`` of each layer's blocks.
 
-    Returns the sink dict the processors append to (clear it before each forward).
+    Returns the sink the processors append to (clear it before each forward).
     Raises ValueError for unknown layer names or attention configurations the explicit path
     does not reproduce (cross-attention norms, residual connections, attention masks).
     """
@@ -82,7 +98,7 @@ def install_capture(unet: nn.Module, layers: tuple[str, ...]) -> dict[str, list[
     unknown = [name for name in layers if name not in known]
     if unknown:
         raise ValueError(f"capture layers {unknown} not in the UNet; known: {sorted(known)}")
-    sink: dict[str, list[torch.Tensor]] = {}
+    sink = CaptureSink()
     for name in layers:
         transformer = unet.get_submodule(name)
         for block in transformer.transformer_blocks:

@@ -3,6 +3,7 @@
 Layout written under ``out/``::
 
     <name>/1/model.onnx [+ model.onnx.data]   graph (+ external weights)
+    <name>/1/model.pt2                        torch.export program (the torch runtime's graph)
     <name>/1/model.plan                       TensorRT engine (--engine tensorrt)
     <name>/1/network.json                     the spec the graph was built from
     <name>/1/export_manifest.json             cache key, files, parity (written last)
@@ -37,10 +38,11 @@ from xsyn.errors import ParityError
 from xsyn.files import write_json_atomic
 from xsyn.export.networks import Network
 from xsyn.export.onnx_export import EXTERNAL_DATA_NAME, ONNX_NAME, check_parity, export_onnx
+from xsyn.export.torch_export import check_pt2_parity, export_pt2
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: model.pt2 beside model.onnx
 MANIFEST = "export_manifest.json"
 PLAN_MANIFEST = "plan_manifest.json"
 REPORT = "parity_report.json"
@@ -48,7 +50,8 @@ REPORT = "parity_report.json"
 
 @dataclass
 class GraphResult:
-    """Outcome of one graph: ``status`` is built / cached / failed; ``parity`` per output."""
+    """Outcome of one graph: ``status`` is built / cached / failed; ``parity`` (ONNX Runtime) and
+    ``parity_torch`` (the ``model.pt2`` program) per output."""
 
     name: str
     status: str
@@ -57,12 +60,22 @@ class GraphResult:
     parity: dict = field(default_factory=dict)
     plan: str = ""
     error: str = ""
+    parity_torch: dict = field(default_factory=dict)
 
     @property
     def worst_error_ratio(self) -> float:
-        """Largest ``max_abs / allowed_abs`` over outputs (<= 1 passes)."""
-        return max((v.get("max_abs", 0) / v["allowed_abs"] for v in self.parity.values() if "allowed_abs" in v),
-                   default=0.0)
+        """Largest ``max_abs / allowed_abs`` over the ONNX graph's outputs (<= 1 passes)."""
+        return worst_ratio(self.parity)
+
+    @property
+    def worst_torch_ratio(self) -> float:
+        """The same for the ``model.pt2`` program."""
+        return worst_ratio(self.parity_torch)
+
+
+def worst_ratio(parity: dict) -> float:
+    """Largest ``max_abs / allowed_abs`` over a parity report's outputs."""
+    return max((v.get("max_abs", 0) / v["allowed_abs"] for v in parity.values() if "allowed_abs" in v), default=0.0)
 
 
 def module_fingerprint(net: Network) -> str:
@@ -134,7 +147,8 @@ def export_graph(net: Network, out: Path, source: str, force: bool = False, prof
     key = cache_key(net, fingerprint, profile)
     manifest = None if force else read_complete_manifest(version_dir, MANIFEST, key)
     if manifest is not None:
-        return GraphResult(name, "cached", onnx_bytes=_onnx_bytes(manifest), parity=manifest["parity"])
+        return GraphResult(name, "cached", onnx_bytes=_onnx_bytes(manifest), parity=manifest["parity"],
+                           parity_torch=manifest.get("parity_torch", {}))
 
     start = time.perf_counter()
     (version_dir / MANIFEST).unlink(missing_ok=True)  # stale: whatever is there no longer matches
@@ -142,19 +156,26 @@ def export_graph(net: Network, out: Path, source: str, force: bool = False, prof
     try:
         onnx_path = export_onnx(net, staging)
         parity = check_parity(net, onnx_path)
-        if not all(v["ok"] for v in parity.values()):
-            bad = {k: v for k, v in parity.items() if not v["ok"]}
-            raise ParityError(f"{name}: ONNX Runtime disagrees with PyTorch beyond tolerance: {json.dumps(bad)}")
+        _require_parity(name, "ONNX Runtime", parity)
         (staging / "network.json").write_text(json.dumps(json.loads(net.spec.to_json()), indent=2))
+        parity_torch = check_pt2_parity(net, export_pt2(net, staging))
+        _require_parity(name, "the torch.export program", parity_torch)
         if net.write_sidecars:
             net.write_sidecars(staging)
         manifest = {"key": key, "network": name, "source": source, "profile": profile, "weights_sha256": fingerprint,
-                    "parity": parity, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                    "parity": parity, "parity_torch": parity_torch, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         publish(staging, version_dir, MANIFEST, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     manifest = json.loads((version_dir / MANIFEST).read_text())
-    return GraphResult(name, "built", time.perf_counter() - start, _onnx_bytes(manifest), parity)
+    return GraphResult(name, "built", time.perf_counter() - start, _onnx_bytes(manifest), parity,
+                       parity_torch=parity_torch)
+
+
+def _require_parity(name: str, what: str, parity: dict) -> None:
+    if not all(v["ok"] for v in parity.values()):
+        bad = {k: v for k, v in parity.items() if not v["ok"]}
+        raise ParityError(f"{name}: {what} disagrees with PyTorch beyond tolerance: {json.dumps(bad)}")
 
 
 def _onnx_bytes(manifest: dict) -> int:
@@ -228,5 +249,5 @@ def write_report(out: Path, results: list[GraphResult], source: str) -> None:
         if r.status == "failed":
             report["graphs"][r.name] = {"status": "failed", "error": r.error}
         else:
-            report["graphs"][r.name] = {"status": "ok", "outputs": r.parity}
+            report["graphs"][r.name] = {"status": "ok", "outputs": r.parity, "torch_program": r.parity_torch}
     write_json_atomic(path, report)

@@ -75,11 +75,13 @@ def _progress(i: int, n: int, name: str, result: GraphResult | None) -> None:
 
 
 def summary_table(results: list[GraphResult]) -> str:
-    """Fixed-width table: graph, status, time, ONNX size, worst max-abs error / allowed, plan."""
-    rows = [("graph", "status", "time", "onnx", "err/tol", "plan")]
+    """Fixed-width table: graph, status, time, ONNX size, worst max-abs error / allowed for the
+    ONNX graph and the ``model.pt2`` program, plan."""
+    rows = [("graph", "status", "time", "onnx", "err/tol", "pt2 err/tol", "plan")]
     for r in results:
         rows.append((r.name, r.status, f"{r.seconds:.1f}s", _size(r.onnx_bytes),
-                     f"{r.worst_error_ratio:.3f}" if r.parity else "-", r.plan or "-"))
+                     f"{r.worst_error_ratio:.3f}" if r.parity else "-",
+                     f"{r.worst_torch_ratio:.3f}" if r.parity_torch else "-", r.plan or "-"))
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -227,6 +227,7 @@ def sam_decoder_network(bundle: ModelBundle) -> Network:
         ),
         profile=(("num_prompts", 1, 64, 256), ("num_points", 1, 3, 32), ("mask_batch", 1, 1, 256),
                  ("token_batch", 1, 1, 256)),
+        broadcast=(("mask_batch", "num_prompts"), ("token_batch", "num_prompts")),
         max_batch_size=0,
         description="SAM prompt encoder + mask decoder (mask tokens as input)",
         extra=(("num_mask_tokens", str(m)),),

@@ -71,6 +71,10 @@ class NetworkSpec:
         fp32_layer_patterns: regexes over ONNX node names kept in fp32 in TensorRT fp16 builds.
         opset: ONNX opset used for export.
         description: one line for the summary table and the model config.
+        broadcast: ``(symbol, target)`` pairs: an input axis named ``symbol`` is either 1 or the
+            size of ``target`` (numpy broadcasting, e.g. the SAM decoder's mask input for 1 or
+            every prompt set). ONNX graphs broadcast inside; exported programs take the target
+            size and their runtime expands a size-1 axis.
     """
 
     name: str
@@ -85,6 +89,7 @@ class NetworkSpec:
     opset: int = 18
     description: str = ""
     extra: tuple[tuple[str, str], ...] = field(default=())
+    broadcast: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.inputs + self.outputs]
@@ -95,6 +100,9 @@ class NetworkSpec:
             for d in t.shape:
                 if isinstance(d, str) and d not in profiled:
                     raise ValueError(f"network {self.name!r}: input dim {d!r} of {t.name!r} has no profile")
+        for sym, target in self.broadcast:
+            if sym not in profiled or target not in profiled:
+                raise ValueError(f"network {self.name!r}: broadcast {sym!r} -> {target!r} names an unprofiled dim")
         for sym, lo, opt, hi in self.profile:
             if not 1 <= lo <= opt <= hi:
                 raise ValueError(f"network {self.name!r}: profile {sym} needs 1 <= min <= opt <= max")
@@ -148,6 +156,7 @@ class NetworkSpec:
             data["dynamic_batching"] = DynamicBatching(tuple(db["preferred_batch_sizes"]), db["max_queue_delay_us"])
         data["fp32_layer_patterns"] = tuple(data.get("fp32_layer_patterns", ()))
         data["extra"] = tuple(tuple(e) for e in data.get("extra", ()))
+        data["broadcast"] = tuple(tuple(b) for b in data.get("broadcast", ()))
         return cls(**data)
 
     def to_json(self) -> str:

@@ -62,6 +62,31 @@ def tiny_server(tiny_repo, tmp_path_factory):
         yield server
 
 
+@pytest.fixture(scope="session")
+def tiny_server_torch(tiny_repo, tmp_path_factory):
+    """A second real server on a copy of the tiny repository whose leaf models run the exported
+    ``model.pt2`` programs with the torch runtime (fp32, CPU): ``xsyn serve --runtime torch``."""
+    import os
+    import shutil
+
+    from xsyn.settings import ServerSettings
+
+    os.environ["XSYN_APSAM_CACHE_BYTES"] = str(APSAM_TEST_CACHE_BYTES)
+    repo = tmp_path_factory.mktemp("tiny_repo_torch") / "repo"
+    shutil.copytree(tiny_repo, repo)
+    write_repository(repo, "embedded", runtime=ServerSettings(runtime="torch", device="cpu"))
+    options = ServerOptions(repository=repo, grpc_port=free_port(), http_port=free_port(),
+                            metrics_port=free_port(), log_path=tmp_path_factory.mktemp("logs_torch") / "triton.log")
+    with TritonServer(options) as server:
+        yield server
+
+
+@pytest.fixture(params=["onnxruntime", "torch"])
+def any_server(request):
+    """The tiny server with each leaf runtime: tests using it pass on both (issue: torch runtime)."""
+    return request.getfixturevalue("tiny_server" if request.param == "onnxruntime" else "tiny_server_torch")
+
+
 @pytest.fixture
 def client(tiny_server):
     import tritonclient.grpc as grpcclient

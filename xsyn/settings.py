@@ -13,13 +13,24 @@ field                       environment variable         meaning
                                                          the variable is set)
 ``apsam_cache_bytes``       ``XSYN_APSAM_CACHE_BYTES``   byte budget of the ``apsam`` model's
                                                          embedding LRU cache
+``runtime``                 ``XSYN_RUNTIME``             leaf graphs: ``auto`` (TensorRT plan if
+                                                         built, else ONNX Runtime),
+                                                         ``onnxruntime``, ``tensorrt``, ``torch``
+                                                         (the exported ``model.pt2``)
+``device``                  ``XSYN_DEVICE``              ``torch`` runtime: ``cpu``, ``cuda``,
+                                                         ``cuda:N``
+``precision``               ``XSYN_PRECISION``           ``torch`` runtime: ``auto`` (fp16 on
+                                                         CUDA, fp32 on the CPU), ``fp32``,
+                                                         ``fp16``, ``bf16``
+``torch_compile``           ``XSYN_TORCH_COMPILE``       ``torch`` runtime: ``torch.compile``
+                                                         the program at load (default off)
 ==========================  ===========================  =======================================
 """
 
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -32,6 +43,10 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     ort_threads: int = Field(0, ge=0, le=1024, description="ONNX Runtime intra-op threads; 0 = one per core")
     apsam_cache_bytes: int = Field(256 * 1024 * 1024, ge=0, description="apsam embedding cache budget, bytes")
+    runtime: Literal["auto", "onnxruntime", "tensorrt", "torch"] = Field("auto", description="leaf-graph runtime")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch runtime device")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="torch runtime precision")
+    torch_compile: bool = Field(False, description="torch.compile the exported program at load")
 
     @classmethod
     def load(cls, parameters: Mapping[str, str] | None = None,
@@ -55,6 +70,20 @@ class ServerSettings(BaseModel):
             first = exc.errors()[0]
             field = str(first["loc"][0]) if first["loc"] else ""
             raise InvalidArgument(f"{where.get(field, field)}={values.get(field)!r}: {first['msg']}") from None
+
+    @classmethod
+    def for_model(cls, args: dict) -> "ServerSettings":
+        """The settings of a Python-backend model: its config ``parameters`` (from the
+        ``initialize`` args' ``model_config`` JSON), overridden by ``XSYN_*`` variables."""
+        import json
+
+        config = json.loads(args["model_config"])
+        return cls.load({k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()})
+
+    def model_parameters(self) -> dict[str, str]:
+        """The runtime fields as Triton config parameters (what ``xsyn serve`` writes per leaf model)."""
+        return {"runtime": self.runtime, "device": self.device, "precision": self.precision,
+                "torch_compile": str(self.torch_compile).lower()}
 
     @property
     def threads(self) -> int:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from xsyn.errors import XsynError
+from xsyn.errors import InvalidArgument, XsynError
 from xsyn.api.tensors import array_input
 from xsyn.serving.repository import TARGETS, write_repository
 from xsyn.serving.server import ServerOptions, TritonServer, require_server
+from xsyn.settings import ServerSettings
 
 DEFAULT_REPOSITORY = Path("model_repository")
 
@@ -27,6 +28,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for every model to be ready")
+    add_runtime_arguments(p)
     p.set_defaults(handler=run_serve)
 
     p = sub.add_parser("health", help="server state, every model with state and version, metrics address")
@@ -38,12 +40,43 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--target", choices=TARGETS, default="embedded")
     p.add_argument("--engine", choices=("onnx", "tensorrt"), default="onnx", help="container target: backend to use")
+    add_runtime_arguments(p)
     p.set_defaults(handler=run_repository)
 
 
+def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """``--runtime / --device / --precision / --torch-compile`` of the embedded leaf models."""
+    p.add_argument("--runtime", choices=("auto", "onnxruntime", "tensorrt", "torch"), default="auto",
+                   help="leaf-graph runtime: auto (TensorRT plan if built, else ONNX Runtime), or torch (model.pt2)")
+    p.add_argument("--device", default="cpu", help="torch runtime: cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                   help="torch runtime: auto = fp16 on CUDA, fp32 on the CPU")
+    p.add_argument("--torch-compile", action="store_true", help="torch runtime: torch.compile each program at load")
 
-def prepare_repository(preset: str | None, repository: Path | None) -> tuple[Path, list]:
-    """Export the preset when asked (cached when up to date) and generate the embedded config."""
+
+def runtime_settings(args: argparse.Namespace) -> ServerSettings:
+    """The runtime choice of the command line, checked: a device that does not exist or cannot run
+    the precision, or a runtime that is not installed, fails here with one line."""
+    settings = ServerSettings(runtime=args.runtime, device=args.device, precision=args.precision,
+                              torch_compile=args.torch_compile)
+    if settings.runtime == "torch":
+        from xsyn.runtimes import resolve_device
+
+        resolve_device(settings.device, settings.precision)
+    elif settings.device != "cpu" or settings.precision != "auto" or settings.torch_compile:
+        raise InvalidArgument(f"--device / --precision / --torch-compile choose the torch runtime's device; "
+                              f"add --runtime torch (got --runtime {settings.runtime})")
+    elif settings.runtime == "tensorrt":
+        from xsyn.export.tensorrt_build import require_tensorrt
+
+        require_tensorrt()
+    return settings
+
+
+def prepare_repository(preset: str | None, repository: Path | None, runtime: ServerSettings | None = None
+                       ) -> tuple[Path, list]:
+    """Export the preset when asked (cached when up to date) and generate the embedded config
+    (``runtime``: the leaf models' runtime, device and precision)."""
     networks = []
     repo = repository or DEFAULT_REPOSITORY
     if preset:
@@ -57,12 +90,13 @@ def prepare_repository(preset: str | None, repository: Path | None) -> tuple[Pat
         failed = [r.name for r in results if r.status == "failed"]
         if failed:
             raise XsynError(f"export failed for {failed}; see {repo / 'parity_report.json'}")
-    write_repository(repo, "embedded")
+    write_repository(repo, "embedded", runtime=runtime)
     return repo, networks
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    repo, _ = prepare_repository(args.preset or (None if args.repository else "tiny"), args.repository)
+    runtime = runtime_settings(args)
+    repo, _ = prepare_repository(args.preset or (None if args.repository else "tiny"), args.repository, runtime)
     options = ServerOptions(repository=repo, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
                             metrics_port=args.metrics_port, startup_timeout=args.timeout)
     server = TritonServer(options)
@@ -114,7 +148,7 @@ def run_health(args: argparse.Namespace) -> int:
 
 
 def run_repository(args: argparse.Namespace) -> int:
-    names = write_repository(args.repository, args.target, args.engine)
+    names = write_repository(args.repository, args.target, args.engine, runtime_settings(args))
     print(f"xsyn repository: {args.target} config for {', '.join(names)} in {args.repository}/")
     return 0
 

@@ -78,11 +78,9 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb
 
         self.pb = pb
-        config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.spec = NetworkSpec.from_dict(json.loads((version_dir / "network.json").read_text()))
-        runtime = config.get("parameters", {}).get("runtime", {}).get("string_value", "auto")
-        self.runtime = open_runtime(version_dir, runtime, ServerSettings.load())
+        self.runtime = open_runtime(version_dir, settings=ServerSettings.for_model(args))
         self.output_names = [t.name for t in self.spec.outputs]
 
     def execute(self, requests):

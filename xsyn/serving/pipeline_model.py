@@ -8,7 +8,6 @@ own request with the status from :data:`xsyn.errors.ERROR_TABLE`; the stub never
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +16,6 @@ from xsyn.errors import InvalidArgument
 from xsyn.export.specs import PipelineSpec
 from xsyn.serving.triton_errors import error_response
 from xsyn.settings import ServerSettings
-
-
-def config_parameters(args: dict) -> dict[str, str]:
-    """The model config's ``parameters`` as ``{name: string_value}``."""
-    config = json.loads(args["model_config"])
-    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
 
 
 class PipelineModel:
@@ -39,7 +32,7 @@ class PipelineModel:
 
         self.pb = pb
         preload()
-        self.settings = ServerSettings.load(config_parameters(args))
+        self.settings = ServerSettings.for_model(args)
         self.assets = PipelineAssets.load(Path(args["model_repository"]).parent, self.spec.needs)
         self.runner = BlsRunner(pb, self.assets.specs)
         self.setup()
