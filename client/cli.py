@@ -14,14 +14,14 @@ from xsyn import __version__
 from xsyn.errors import MissingDependency, XsynError
 
 #: Commands that need the ``server`` extra (torch, ONNX Runtime, tritonserver).
-SERVER_COMMANDS = ("export", "serve", "health", "repository", "demo")
+SERVER_COMMANDS = ("export", "serve", "health", "repository", "demo", "bench")
 
 
 def add_server_commands(sub) -> None:
     """Register the export / serving commands, or, in a client-only install, stand-ins that say
     what to install (the client commands work either way)."""
     try:
-        from xsyn.client import demo
+        from xsyn.client import bench, demo
         from xsyn.export import command as export_command
         from xsyn.serving import command as serving_command
     except ImportError as exc:
@@ -38,6 +38,7 @@ def add_server_commands(sub) -> None:
     export_command.add_parser(sub)
     serving_command.add_parsers(sub)
     demo.add_parser(sub)
+    bench.add_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

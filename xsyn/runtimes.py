@@ -50,6 +50,9 @@ class OnnxRuntimeSession:
         wanted = [p for p in wanted if p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or (settings or ServerSettings.load()).threads
+        # Idle intra-op threads sleep instead of spinning: several sessions share the cores (one per
+        # leaf model, and the in-process runner's), and spinning ones starve each other.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=wanted)
         self.providers = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]

@@ -8,9 +8,9 @@ variable ``XSYN_<FIELD>`` (upper case) of the server process, which Triton's Pyt
 field                       environment variable         meaning
 ==========================  ===========================  =======================================
 ``ort_threads``             ``XSYN_ORT_THREADS``         ONNX Runtime intra-op threads per
-                                                         session; 0 = one per core (``xsyn
-                                                         serve`` sets 1 for its stubs unless
-                                                         the variable is set)
+                                                         session; 0 = one per core (idle
+                                                         threads sleep, so sessions that share
+                                                         the cores do not starve each other)
 ``apsam_cache_bytes``       ``XSYN_APSAM_CACHE_BYTES``   byte budget of the ``apsam`` model's
                                                          embedding LRU cache
 ``runtime``                 ``XSYN_RUNTIME``             leaf graphs: ``auto`` (TensorRT plan if

@@ -141,7 +141,6 @@ class TritonServer:
             paths.insert(0, libdir)
         env["LD_LIBRARY_PATH"] = ":".join(paths + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
         env["PATH"] = str(Path(sys.executable).parent) + ":" + env.get("PATH", "")
-        env.setdefault("XSYN_ORT_THREADS", "1")
         return env
 
     def start(self) -> None:
