@@ -17,7 +17,7 @@ import torch
 
 from xsyn.api.limits import MAX_OBJECTS
 from xsyn.errors import Cancelled
-from xsyn.ensembles.runner import Runner
+from xsyn.ensembles.runner import Runner, infer_on_device
 
 SD14_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                       clip_sample=False, set_alpha_to_one=False, steps_offset=1)
@@ -86,7 +86,13 @@ def denoise(runner: Runner, prompt_embeddings: np.ndarray, phrase_embeddings: np
             input_latent: np.ndarray, noise: TorchNoise, steps: int, guidance: float, eta: float = 0.0,
             slots: int = MAX_OBJECTS, capture_outputs: tuple[str, ...] = (), should_stop: Callable[[], bool] | None = None,
             on_step: Callable[[int, int], None] | None = None) -> DenoiseResult:
-    """Run the inpainting loop.
+    """Run the inpainting loop on ``runner.device`` (the CPU for runners without one).
+
+    Latents, the scheduler's arithmetic, classifier-free guidance and the attention sums stay on
+    the device for the whole loop; the UNet is called with device tensors
+    (:func:`~xsyn.ensembles.runner.infer_on_device`); only the final latent and the sums come
+    back to the host. Random draws come from the request's CPU generator (same numbers on every
+    device) and are moved to the device.
 
     Args:
         prompt_embeddings: ``[2, 77, D]`` (unconditional, conditional).
@@ -96,32 +102,35 @@ def denoise(runner: Runner, prompt_embeddings: np.ndarray, phrase_embeddings: np
         capture_outputs: UNet ``attn_*`` outputs to accumulate.
         should_stop: polled before each step; True raises :class:`Cancelled`.
     """
+    device = torch.device(getattr(runner, "device", "cpu"))
     s = input_latent.shape[-1]
     scheduler = make_scheduler(steps)
-    mask = torch.from_numpy(inpaint_mask(boxes, s))[None, None]
-    z_input = torch.from_numpy(input_latent)
-    addition = torch.cat([z_input * mask, mask], dim=1).expand(2, -1, -1, -1).numpy()
-    latents = noise.draw((1, 4, s, s)) * scheduler.init_noise_sigma
-    grounding = grounding_inputs(phrase_embeddings, boxes, prompt_embeddings.shape[-1], slots)
-    sums: dict[str, np.ndarray] = {}
+    mask = torch.from_numpy(inpaint_mask(boxes, s))[None, None].to(device)
+    z_input = torch.from_numpy(input_latent).to(device)
+    addition = torch.cat([z_input * mask, mask], dim=1).expand(2, -1, -1, -1)
+    latents = noise.draw((1, 4, s, s)).to(device) * scheduler.init_noise_sigma
+    fixed = {name: torch.from_numpy(value).to(device) for name, value in
+             grounding_inputs(phrase_embeddings, boxes, prompt_embeddings.shape[-1], slots).items()}
+    fixed["encoder_hidden_states"] = torch.from_numpy(prompt_embeddings.astype(np.float32)).to(device)
+    sums: dict[str, torch.Tensor] = {}
     wanted = ["noise_pred", *capture_outputs]
     for i, t in enumerate(scheduler.timesteps):
         if should_stop is not None and should_stop():
             raise Cancelled(f"cancelled before denoising step {i + 1}/{steps}")
-        noised_input = scheduler.add_noise(z_input, noise.draw(z_input.shape), torch.tensor([t]))
+        noised_input = scheduler.add_noise(z_input, noise.draw(z_input.shape).to(device), torch.tensor([t]))
         latents = noised_input * mask + latents * (1 - mask)
-        model_in = scheduler.scale_model_input(torch.cat([latents] * 2), t).numpy()
-        out = runner.infer("unet", {
-            "sample": np.concatenate([model_in, addition], axis=1).astype(np.float32),
-            "timestep": np.full((2,), float(t), np.float32),
-            "encoder_hidden_states": prompt_embeddings.astype(np.float32),
-            **grounding,
+        model_in = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        out = infer_on_device(runner, "unet", {
+            "sample": torch.cat([model_in, addition], dim=1).float().contiguous(),
+            "timestep": torch.full((2,), float(t), dtype=torch.float32, device=device),
+            **fixed,
         }, wanted)
-        uncond, cond = torch.from_numpy(out["noise_pred"]).chunk(2)
+        uncond, cond = out["noise_pred"].chunk(2)
         noise_pred = uncond + guidance * (cond - uncond)
         latents = scheduler.step(noise_pred, t, latents, eta=eta, generator=noise.generator).prev_sample
         for name in capture_outputs:
-            sums[name] = sums.get(name, 0) + out[name][1]
+            sums[name] = sums[name] + out[name][1] if name in sums else out[name][1].clone()
         if on_step is not None:
             on_step(i + 1, steps)
-    return DenoiseResult(latent=latents.numpy().astype(np.float32), attention_sum=sums, steps=steps)
+    return DenoiseResult(latent=latents.cpu().numpy().astype(np.float32),
+                         attention_sum={k: v.cpu().numpy() for k, v in sums.items()}, steps=steps)

@@ -92,3 +92,28 @@ def test_served_torch_leaf_models_match_the_pytorch_modules(tiny_server_torch, t
         for t, ref in zip(net.spec.outputs, torch_outputs(net, inputs)):
             scale = max(float(np.abs(ref).max()), 1e-12)
             assert np.abs(served[t.name] - ref).max() <= net.spec.tolerance * scale, (net.spec.name, t.name)
+
+
+def test_in_process_pipeline_keeps_its_loop_on_the_runtime_device_and_matches_onnxruntime(tiny_repo):
+    """The same request through LocalRunner on the torch runtime (device tensors through the
+    denoising loop: ``infer_tensors``) and on ONNX Runtime (host arrays): same image within one
+    grey level, same items."""
+    from xsyn.api.synthesis import parse_request
+    from xsyn.ensembles.assets import PipelineAssets
+    from xsyn.ensembles.runner import LocalRunner
+    from xsyn.ensembles.synthesis import Synthesizer
+
+    assets = PipelineAssets.load(tiny_repo)
+    torch_runner = LocalRunner(tiny_repo, "torch", ServerSettings(runtime="torch"))
+    assert torch_runner.device == "cpu"
+    calls = []
+    infer_tensors = torch_runner.infer_tensors
+    torch_runner.infer_tensors = lambda model, tensors, outputs=None: calls.append(model) or infer_tensors(
+        model, tensors, outputs)
+    request = parse_request({"boxes": [[30, 30, 120, 110]], "class_names": ["Gun"], "steps": 4, "seed": 2})
+    image = np.random.default_rng(4).integers(0, 256, (160, 200, 3), dtype=np.uint8)
+    on_torch = Synthesizer(torch_runner, assets).run(request, image)
+    on_ort = Synthesizer(LocalRunner(tiny_repo, "onnxruntime"), assets).run(request, image)
+    assert calls.count("unet") == 4
+    assert np.abs(on_torch.image.astype(int) - on_ort.image.astype(int)).max() <= 1
+    assert [i.class_name for i in on_torch.response.items] == [i.class_name for i in on_ort.response.items]

@@ -34,7 +34,8 @@ class PipelineModel:
         preload()
         self.settings = ServerSettings.for_model(args)
         self.assets = PipelineAssets.load(Path(args["model_repository"]).parent, self.spec.needs)
-        self.runner = BlsRunner(pb, self.assets.specs)
+        device = self.settings.device if self.settings.runtime == "torch" else "cpu"
+        self.runner = BlsRunner(pb, self.assets.specs, device)
         self.setup()
 
     def setup(self) -> None:

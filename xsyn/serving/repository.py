@@ -79,8 +79,11 @@ def leaf_config(spec: NetworkSpec, target: str = "embedded", engine: str = "onnx
     return config
 
 
-def pipeline_config(spec: PipelineSpec) -> mc.ModelConfig:
-    """The ``ModelConfig`` of a BLS pipeline model (Python backend, one request per execution)."""
+def pipeline_config(spec: PipelineSpec, runtime: ServerSettings | None = None) -> mc.ModelConfig:
+    """The ``ModelConfig`` of a BLS pipeline model (Python backend, one request per execution).
+
+    ``runtime``: the leaf models' runtime and device; with the torch runtime the pipeline keeps
+    its denoising loop's tensors on that device."""
     config = mc.ModelConfig(name=spec.name, backend="python", max_batch_size=0)
     config.version_policy.latest.num_versions = 1
     for t in spec.inputs:
@@ -88,7 +91,7 @@ def pipeline_config(spec: PipelineSpec) -> mc.ModelConfig:
     for t in spec.outputs:
         _add_tensor(config.output, t, spec.declared_dims(t))
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=spec.instance_count)
-    for key, value in spec.parameters:
+    for key, value in (*spec.parameters, *(runtime or ServerSettings()).model_parameters().items()):
         config.parameters[key].string_value = value
     return config
 
@@ -118,7 +121,7 @@ def write_repository(repo: Path, target: str = "embedded", engine: str = "onnx",
     for pipeline in PIPELINES:
         if all(need in specs for need in pipeline.needs):
             (repo / pipeline.name / "1").mkdir(parents=True, exist_ok=True)
-            _write_if_changed(repo / pipeline.name / "config.pbtxt", config_text(pipeline_config(pipeline)))
+            _write_if_changed(repo / pipeline.name / "config.pbtxt", config_text(pipeline_config(pipeline, runtime)))
             _write_if_changed(repo / pipeline.name / "1" / "model.py", pipeline_shim(pipeline))
             written.append(pipeline.name)
     return written
