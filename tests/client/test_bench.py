@@ -19,7 +19,7 @@ def test_bench_writes_the_report(tiny_repo, tmp_path, cache_home):
     shutil.copytree(tiny_repo, repo)
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, "-m", "xsyn.client.cli", "bench", "--preset", "tiny", "--repository",
-                           str(repo), "--steps", "2", "--requests", "1", "--concurrency", "1,2", "--clicks", "5",
+                           str(repo), "--steps", "2", "--requests", "1", "--concurrency", "1,2", "--clicks", "5", "--load-clients", "1",
                            "--out", str(out)], capture_output=True, text=True, env=run_env(cache_home), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
@@ -33,6 +33,7 @@ def test_bench_writes_the_report(tiny_repo, tmp_path, cache_home):
     assert all(report["ratios"][k] is not None for k in ("served_vs_reference", "served_step_vs_bare_unet",
                                                          "throughput_scaling", "click_p50_ms"))
     assert report["memory"]["server_group_peak_rss_mb"] > 0
+    assert report["annotation"]["loaded_click_p99_ms"] > 0 and report["ratios"]["loaded_vs_idle_p99"] > 0
     markdown = (out / "bench.md").read_text()
     assert "| served_vs_reference |" in markdown and "| 2 |" in markdown
 
