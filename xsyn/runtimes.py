@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from xsyn.errors import FailedPrecondition, InvalidArgument, MissingDependency
+from xsyn.errors import FailedPrecondition, InvalidArgument, MissingDependency, ResourceExhausted
 from xsyn.settings import ServerSettings
 
 RUNTIMES = ("onnxruntime", "tensorrt", "torch")
@@ -203,24 +203,23 @@ class TorchProgram:
         """Run on torch tensors already on :attr:`device`; outputs stay on the device (float32)."""
         torch = self._torch
         args = [self._broadcast(dict(tensors))[n] for n in self.input_names]
-        with torch.inference_mode():
-            if self.dtype is None:
-                out = self.module(*args)
-            else:
-                with torch.autocast(device_type=self.device.split(":")[0], dtype=self.dtype):
+        try:
+            with torch.inference_mode():
+                if self.dtype is None:
                     out = self.module(*args)
+                else:
+                    with torch.autocast(device_type=self.device.split(":")[0], dtype=self.dtype):
+                        out = self.module(*args)
+        except torch.cuda.OutOfMemoryError as exc:  # that request fails; the model and server stay up
+            torch.cuda.empty_cache()
+            raise ResourceExhausted(f"{self.spec.name}: out of GPU memory on {self.device} ({exc})") from None
         out = out if isinstance(out, (tuple, list)) else (out,)
         return {name: o.float() if o.is_floating_point() else o for name, o in zip(self.output_names, out)}
 
     def run(self, inputs, outputs=None):
         torch = self._torch
         tensors = {n: torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device) for n in self.input_names}
-        try:
-            out = self.run_tensors(tensors)
-        except torch.cuda.OutOfMemoryError as exc:
-            from xsyn.errors import ResourceExhausted
-
-            raise ResourceExhausted(f"{self.spec.name}: out of GPU memory on {self.device} ({exc})") from None
+        out = self.run_tensors(tensors)
         return {n: out[n].cpu().numpy() for n in (outputs or self.output_names)}
 
 
