@@ -182,6 +182,9 @@ class PipelineSpec:
             steps meet in the UNet's dynamic batcher).
         parameters: config parameters (``name``, default value) the model reads at start-up;
             :class:`xsyn.settings.ServerSettings` documents them.
+        optional_graphs: leaf graphs it calls when they were exported (APSAM's energy encoder).
+        interactive: a person waits on it (clicks): it and every leaf graph it calls keep the
+            normal CPU priority, while the other models run at ``ServerSettings.batch_nice``.
         description: one line for the config and the docs.
     """
 
@@ -193,6 +196,8 @@ class PipelineSpec:
     needs: tuple[str, ...]
     instance_count: int = 1
     parameters: tuple[tuple[str, str], ...] = ()
+    optional_graphs: tuple[str, ...] = ()
+    interactive: bool = False
     description: str = ""
 
     def __post_init__(self) -> None:

@@ -24,6 +24,12 @@ field                       environment variable         meaning
                                                          ``fp16``, ``bf16``
 ``torch_compile``           ``XSYN_TORCH_COMPILE``       ``torch`` runtime: ``torch.compile``
                                                          the program at load (default off)
+``batch_nice``              ``XSYN_BATCH_NICE``          CPU niceness (0..19, default 10) of the
+                                                         models no person waits on (synthesis
+                                                         and its UNet / VAE / text encoder), so
+                                                         clicks keep their latency under load
+``priority``                (config parameter)           per model: ``interactive`` or ``batch``
+                                                         (written by ``xsyn repository``)
 ==========================  ===========================  =======================================
 """
 
@@ -47,6 +53,8 @@ class ServerSettings(BaseModel):
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch runtime device")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="torch runtime precision")
     torch_compile: bool = Field(False, description="torch.compile the exported program at load")
+    batch_nice: int = Field(10, ge=0, le=19, description="CPU niceness of batch (non-interactive) models")
+    priority: Literal["interactive", "batch"] = Field("interactive", description="this model's class")
 
     @classmethod
     def load(cls, parameters: Mapping[str, str] | None = None,
@@ -84,6 +92,11 @@ class ServerSettings(BaseModel):
         """The runtime fields as Triton config parameters (what ``xsyn serve`` writes per leaf model)."""
         return {"runtime": self.runtime, "device": self.device, "precision": self.precision,
                 "torch_compile": str(self.torch_compile).lower()}
+
+    def apply_priority(self) -> None:
+        """Lower this process's CPU priority by ``batch_nice`` when it serves a batch model."""
+        if self.priority == "batch" and self.batch_nice:
+            os.nice(self.batch_nice)
 
     @property
     def threads(self) -> int:

@@ -108,7 +108,9 @@ class TritonPythonModel:
         self.pb = pb
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.spec = NetworkSpec.from_dict(json.loads((version_dir / "network.json").read_text()))
-        self.runtime = open_runtime(version_dir, settings=ServerSettings.for_model(args))
+        settings = ServerSettings.for_model(args)
+        settings.apply_priority()
+        self.runtime = open_runtime(version_dir, settings=settings)
         self.on_device = hasattr(self.runtime, "run_tensors")
         self.output_names = [t.name for t in self.spec.outputs]
 

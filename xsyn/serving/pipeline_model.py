@@ -33,6 +33,7 @@ class PipelineModel:
         self.pb = pb
         preload()
         self.settings = ServerSettings.for_model(args)
+        self.settings.apply_priority()
         self.assets = PipelineAssets.load(Path(args["model_repository"]).parent, self.spec.needs)
         device = self.settings.device if self.settings.runtime == "torch" else "cpu"
         self.runner = BlsRunner(pb, self.assets.specs, device)

@@ -19,7 +19,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from xsyn.errors import InvalidArgument, NotFound
-from xsyn.export.pipelines import PIPELINES
+from xsyn.export.pipelines import PIPELINES, interactive_graphs
 from xsyn.export.specs import NetworkSpec, PipelineSpec, exported_specs
 from xsyn.settings import ServerSettings
 
@@ -68,6 +68,7 @@ def leaf_config(spec: NetworkSpec, target: str = "embedded", engine: str = "onnx
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=spec.instance_count)
         for key, value in (runtime or ServerSettings()).model_parameters().items():
             config.parameters[key].string_value = value
+        config.parameters["priority"].string_value = "interactive" if spec.name in interactive_graphs() else "batch"
     elif engine == "tensorrt":
         config.platform = "tensorrt_plan"
         config.default_model_filename = "model.plan"
@@ -93,6 +94,7 @@ def pipeline_config(spec: PipelineSpec, runtime: ServerSettings | None = None) -
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=spec.instance_count)
     for key, value in (*spec.parameters, *(runtime or ServerSettings()).model_parameters().items()):
         config.parameters[key].string_value = value
+    config.parameters["priority"].string_value = "interactive" if spec.interactive else "batch"
     return config
 
 
