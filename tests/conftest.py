@@ -52,7 +52,8 @@ def tiny_repo(tiny_export):
 
 
 @pytest.fixture(scope="session")
-def tiny_server(tiny_repo, tmp_path_factory):
+def onnxruntime_server(tiny_repo, tmp_path_factory):
+    """The tiny repository served with the default (ONNX Runtime) leaf models."""
     import os
 
     os.environ["XSYN_APSAM_CACHE_BYTES"] = str(APSAM_TEST_CACHE_BYTES)  # small, so eviction is testable
@@ -60,6 +61,12 @@ def tiny_server(tiny_repo, tmp_path_factory):
                             metrics_port=free_port(), log_path=tmp_path_factory.mktemp("logs") / "triton.log")
     with TritonServer(options) as server:
         yield server
+
+
+@pytest.fixture
+def tiny_server(onnxruntime_server):
+    """The tiny server (modules that run every served test on both runtimes override this)."""
+    return onnxruntime_server
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +91,7 @@ def tiny_server_torch(tiny_repo, tmp_path_factory):
 @pytest.fixture(params=["onnxruntime", "torch"])
 def any_server(request):
     """The tiny server with each leaf runtime: tests using it pass on both (issue: torch runtime)."""
-    return request.getfixturevalue("tiny_server" if request.param == "onnxruntime" else "tiny_server_torch")
+    return request.getfixturevalue("onnxruntime_server" if request.param == "onnxruntime" else "tiny_server_torch")
 
 
 @pytest.fixture

@@ -15,6 +15,12 @@ from xsyn.errors import InvalidArgument, NotFound
 pytestmark = pytest.mark.slow
 
 
+
+@pytest.fixture
+def tiny_server(any_server):
+    """Every served test of this module runs on both leaf runtimes (ONNX Runtime and torch)."""
+    return any_server
+
 def _image(seed, h, w):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
@@ -34,7 +40,7 @@ PROMPTS = {
 
 @pytest.mark.parametrize("multimask", [True, False], ids=["multimask", "single"])
 @pytest.mark.parametrize("shape", [(110, 170), (160, 125)], ids=["wide", "tall"])
-def test_sam_mode_equals_sam_predictor(any_server, tiny_bundle, shape, multimask):
+def test_sam_mode_equals_sam_predictor(tiny_server, tiny_bundle, shape, multimask):
     """Reference: segment_anything.SamPredictor on the same tiny weights. Tolerance: scores and
     low-res logits within 1e-4 of the output scale; binary masks agree on >= 99.9% of pixels."""
     from segment_anything import SamPredictor
@@ -42,7 +48,7 @@ def test_sam_mode_equals_sam_predictor(any_server, tiny_bundle, shape, multimask
     image = _image(sum(shape), *shape)
     predictor = SamPredictor(tiny_bundle.sam)
     predictor.set_image(image)
-    with XsynClient(any_server.options.grpc_url) as client:
+    with XsynClient(tiny_server.options.grpc_url) as client:
         key = client.embed(image).key
         for name, prompt in PROMPTS.items():
             for previous in (None, "previous"):

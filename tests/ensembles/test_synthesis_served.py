@@ -16,11 +16,17 @@ from xsyn.errors import InvalidArgument
 pytestmark = pytest.mark.slow
 
 
+
+@pytest.fixture
+def tiny_server(any_server):
+    """Every served test of this module runs on both leaf runtimes (ONNX Runtime and torch)."""
+    return any_server
+
 def _image(seed=0, h=256, w=256):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def test_served_image_equals_diffusers_gligen_pipeline(any_server, tiny_bundle):
+def test_served_image_equals_diffusers_gligen_pipeline(tiny_server, tiny_bundle):
     """Reference: StableDiffusionGLIGENPipeline (inpainting, DDIM with the SD-1.4 constants, eta 0,
     guidance 7.5, scheduled-sampling beta 1, 8 steps) on the same tiny weights, seeded with
     ``torch.manual_seed(seed)`` (it draws the posterior sample and all step noise from the global
@@ -38,7 +44,7 @@ def test_served_image_equals_diffusers_gligen_pipeline(any_server, tiny_bundle):
     image, seed, steps = _image(1), 5, 8
     boxes = [[30.0, 40.0, 120.0, 150.0], [140.0, 90.0, 230.0, 200.0]]
     classes = ["Knife", "Gun"]
-    with XsynClient(any_server.options.grpc_url) as client:
+    with XsynClient(tiny_server.options.grpc_url) as client:
         served = client.synthesize({"boxes": boxes, "class_names": classes, "seed": seed, "steps": steps,
                                     "car": False, "bom_alpha": 0.0, "composite_background": False}, image).image
 
@@ -76,10 +82,10 @@ def _check_items(response, w, h):
             assert mask.shape == (h, w)
 
 
-def test_modify_and_add_end_to_end(any_server):
+def test_modify_and_add_end_to_end(tiny_server):
     image = _image(2, 200, 300)
     boxes, classes = [[20.0, 30.0, 110.0, 120.0], [150.0, 60.0, 260.0, 170.0]], ["Knife", "Wrench"]
-    with XsynClient(any_server.options.grpc_url) as client:
+    with XsynClient(tiny_server.options.grpc_url) as client:
         request = {"boxes": boxes, "class_names": classes, "mode": "modify", "steps": 6, "seed": 11,
                    "return_attention_maps": True, "return_mps_points": True, "return_unoccluded_image": True}
         first = client.synthesize(request, image)
