@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from xsyn.ensembles.runner import Runner
+from xsyn.ensembles.runner import Runner, infer_on_device
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
@@ -59,21 +59,16 @@ class SamImage:
 
         return ResizeLongestSide(self.encoder_size).apply_coords(coords.astype(np.float64), self.original_size)
 
-    def predict(self, points: np.ndarray | None = None, labels: np.ndarray | None = None,
-                boxes: np.ndarray | None = None, mask_input: np.ndarray | None = None,
-                mask_tokens: np.ndarray | None = None, full_masks: bool = True
-                ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        """Decoder pass for ``P`` prompt sets, as ``SamPredictor.predict_torch`` builds them.
+    def decoder_inputs(self, points: np.ndarray | None = None, labels: np.ndarray | None = None,
+                       boxes: np.ndarray | None = None, mask_input: np.ndarray | None = None,
+                       mask_tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The ``sam_decoder`` inputs for ``P`` prompt sets, as ``SamPredictor.predict_torch`` builds them.
 
         Args:
             points: ``[P, N, 2]`` xy pixels; labels ``[P, N]`` (1 fg, 0 bg).
             boxes: ``[P, 4]`` xyxy pixels (becomes two corner points, labels 2 and 3).
             mask_input: ``[1 or P, 1, 4E, 4E]`` previous low-res logits.
             mask_tokens: override of the mask tokens (APSAM), default SAM's learned ones.
-
-        Returns:
-            masks ``[P, M, H, W]`` logits (None unless ``full_masks``), iou ``[P, M]``, low-res
-            logits ``[P, M, 4E, 4E]``; index 0 is the single-mask output, ``1:`` the multimask ones.
         """
         parts_xy, parts_lab = [], []
         p = len(points) if points is not None else len(boxes)
@@ -87,8 +82,7 @@ class SamImage:
             parts_xy.append(np.zeros((p, 1, 2)))
             parts_lab.append(-np.ones((p, 1), np.float32))
         low = 4 * self.embedding.shape[-1]
-        wanted = ["masks", "iou_predictions", "low_res_masks"] if full_masks else ["iou_predictions", "low_res_masks"]
-        out = self.runner.infer("sam_decoder", {
+        return {
             "image_embeddings": self.embedding.astype(np.float32),
             "point_coords": np.concatenate(parts_xy, axis=1).astype(np.float32),
             "point_labels": np.concatenate(parts_lab, axis=1).astype(np.float32),
@@ -96,8 +90,30 @@ class SamImage:
             "has_mask_input": np.array([1.0 if mask_input is not None else 0.0], np.float32),
             "orig_im_size": np.array(self.original_size, np.float32),
             "mask_tokens": (mask_tokens if mask_tokens is not None else self.mask_tokens).astype(np.float32),
-        }, wanted)
+        }
+
+    def predict(self, points: np.ndarray | None = None, labels: np.ndarray | None = None,
+                boxes: np.ndarray | None = None, mask_input: np.ndarray | None = None,
+                mask_tokens: np.ndarray | None = None, full_masks: bool = True
+                ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """Decoder pass for ``P`` prompt sets (arguments: :meth:`decoder_inputs`), on the host.
+
+        Returns:
+            masks ``[P, M, H, W]`` logits (None unless ``full_masks``), iou ``[P, M]``, low-res
+            logits ``[P, M, 4E, 4E]``; index 0 is the single-mask output, ``1:`` the multimask ones.
+        """
+        wanted = ["masks", "iou_predictions", "low_res_masks"] if full_masks else ["iou_predictions", "low_res_masks"]
+        out = self.runner.infer("sam_decoder", self.decoder_inputs(points, labels, boxes, mask_input, mask_tokens),
+                                wanted)
         return out.get("masks"), out["iou_predictions"], out["low_res_masks"]
+
+    def predict_on_device(self, points: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Point prompts' IoU ``[P, M]`` and low-res logits ``[P, M, 4E, 4E]`` as tensors on the
+        runner's device (automatic masks: the logits never travel to the host)."""
+        device = torch.device(getattr(self.runner, "device", "cpu"))
+        inputs = {k: torch.from_numpy(v).to(device) for k, v in self.decoder_inputs(points, labels).items()}
+        out = infer_on_device(self.runner, "sam_decoder", inputs, ["iou_predictions", "low_res_masks"])
+        return out["iou_predictions"], out["low_res_masks"]
 
     def upscale(self, low_res: torch.Tensor) -> torch.Tensor:
         """Low-res logits ``[P, M, 4E, 4E]`` -> logits at the original size (``Sam.postprocess_masks``)."""
@@ -146,7 +162,8 @@ class AutoMask:
 
 
 def generate_masks(sam_image: SamImage, settings: AmgSettings) -> list[AutoMask]:
-    """Grid of single-point prompts -> IoU / stability filters -> box NMS (``segment_anything.utils.amg``)."""
+    """Grid of single-point prompts -> IoU / stability filters -> box NMS (``segment_anything.utils.amg``),
+    on the runner's device: the decoder's low-res logits, their upscaling and the filters stay there."""
     from segment_anything.utils.amg import (
         MaskData, batch_iterator, batched_mask_to_box, build_point_grid, calculate_stability_score,
         is_box_near_crop_edge, mask_to_rle_pytorch, rle_to_mask,
@@ -158,11 +175,11 @@ def generate_masks(sam_image: SamImage, settings: AmgSettings) -> list[AutoMask]
     parts = []
     for (batch,) in batch_iterator(settings.points_per_batch, points):
         # only low-res logits travel back; upscaling here moves 1/(H*W/(4E)^2) of the bytes
-        _, iou, low = sam_image.predict(points=batch[:, None, :], labels=np.ones((len(batch), 1), np.float32),
-                                        full_masks=False)
-        masks, iou = sam_image.upscale(torch.from_numpy(low[:, 1:])), torch.from_numpy(iou[:, 1:])
+        # on the runner's device: only RLE counts, boxes and scores come back to the host
+        iou, low = sam_image.predict_on_device(batch[:, None, :], np.ones((len(batch), 1), np.float32))
+        masks, iou = sam_image.upscale(low[:, 1:]), iou[:, 1:]
         part = MaskData(masks=masks.flatten(0, 1), iou_preds=iou.flatten(0, 1),
-                        points=torch.as_tensor(batch.repeat(masks.shape[1], axis=0)))
+                        points=torch.as_tensor(batch.repeat(masks.shape[1], axis=0), device=masks.device))
         if settings.pred_iou_thresh > 0.0:
             part.filter(part["iou_preds"] > settings.pred_iou_thresh)
         part["stability_score"] = calculate_stability_score(part["masks"], 0.0, settings.stability_score_offset)
