@@ -2,15 +2,18 @@
 
 Work items are ``(source image, k)`` for ``k < per_image``, each with a seed derived from the
 job seed, the image id and ``k``. An item is finished when its provenance record
-``records/<item>.json`` exists; records and images are written to a temporary name and renamed,
-so a killed job never leaves a half-written item that looks finished. A restarted job skips
-finished items and repeats nothing; ``annotations.json`` is rebuilt from all records at the end,
-in item order, so an interrupted-and-resumed job and an uninterrupted one give the same file.
+``records/<item>.json`` exists, parses, and names an image whose size and SHA-256 match;
+records and images are written to a temporary name and renamed, so a killed job never leaves a
+half-written item that looks finished. A restarted job skips finished items, redoes (and
+reports) an item whose record or image was damaged since, and repeats nothing else;
+``annotations.json`` is rebuilt from all records at the end, in item order, so an
+interrupted-and-resumed job and an uninterrupted one give the same file.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -99,7 +102,9 @@ class Backend:
             except ImportError as exc:
                 raise MissingDependency(f"--local runs the pipeline in-process and needs the server extra "
                                         f"(pip install 'xsyn[server]'): {exc}") from None
+            from xsyn.ensembles.synthesis import preload
 
+            preload()  # lazy imports happen here, once, not raced by the worker threads
             self.synthesizer = Synthesizer(LocalRunner(args.local), PipelineAssets.load(args.local))
             self.versions = _repository_versions(Path(args.local))
             self.where = f"local:{args.local}"
@@ -155,11 +160,33 @@ class Job:
         self.items = [WorkItem(src, k, item_seed(args.seed, src.image_id, k))
                       for src in self.coco.images for k in range(args.per_image)][: args.limit]
         (self.out / "records").mkdir(parents=True, exist_ok=True)
-        self.finished = {it.name for it in self.items if self.record_path(it).is_file()}
+        self.damaged: dict[str, str] = {}
+        self.finished = {it.name for it in self.items if self.verify(it)}
         self.backend: Backend | None = None
 
     def record_path(self, item: WorkItem) -> Path:
         return self.out / "records" / f"{item.name}.json"
+
+    def verify(self, item: WorkItem) -> bool:
+        """True when the item's record parses and its image matches the record's size and hash.
+
+        A damaged item (truncated record, missing or changed image) is noted in ``damaged`` and
+        its record removed, so that it is redone; an item never started is simply not finished.
+        """
+        path = self.record_path(item)
+        if not path.is_file():
+            return False
+        try:
+            record = json.loads(path.read_text())
+            image = self.out / record["file_name"]
+            data = image.read_bytes()
+            if len(data) != record["image_bytes"] or hashlib.sha256(data).hexdigest() != record["image_sha256"]:
+                raise ValueError(f"{image.name} differs from its record (size or SHA-256)")
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            self.damaged[item.name] = f"{type(exc).__name__}: {exc}"
+            path.unlink(missing_ok=True)
+            return False
+        return True
 
     def request_for(self, item: WorkItem) -> dict:
         """The SynthesisRequest fields of one item: ``modify`` re-paints the annotated boxes, ``add``
@@ -185,7 +212,8 @@ class Job:
         final, response, unoccluded, attention = self.backend.synthesize(request, image)
         if response.status != "ok":
             return Outcome("skipped", response.status)
-        write_atomic(self.out / "images" / f"{item.name}.png", png_bytes(final))
+        png = png_bytes(final)
+        write_atomic(self.out / "images" / f"{item.name}.png", png)
         if self.args.preview:
             from xsyn.client.preview import overlay
 
@@ -194,7 +222,8 @@ class Job:
                   "source_image_id": src.image_id, "k": item.k, "seed": item.seed, "mode": self.args.mode,
                   "request": {k: v for k, v in request.items() if not k.startswith("return_")},
                   "backend": self.backend.where, "model_versions": self.backend.versions,
-                  "seconds": round(time.perf_counter() - start, 3), "response": response.model_dump()}
+                  "seconds": round(time.perf_counter() - start, 3), "response": response.model_dump(),
+                  "image_bytes": len(png), "image_sha256": hashlib.sha256(png).hexdigest()}
         write_atomic(self.record_path(item), json.dumps(record, indent=1).encode())
         return DONE
 
@@ -220,6 +249,8 @@ class Job:
     def run(self) -> int:
         for problem in self.coco.problems:
             print(f"  input: {problem}")
+        for name, why in sorted(self.damaged.items()):
+            print(f"  redo {name}: its earlier output was damaged ({why})")
         todo = [it for it in self.items if it.name not in self.finished]
         self.backend = Backend(self.args)
         outcomes = self.run_items(todo)

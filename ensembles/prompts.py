@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from xsyn.ensembles.runner import Runner
 
 MAX_LENGTH = 77
+#: A tokenizer call sets padding and truncation on the shared (Rust) tokenizer before encoding;
+#: concurrent requests (threads of an in-process job, or of one model instance) must not
+#: interleave those settings, or a prompt is encoded with another call's padding.
+_TOKENIZER_LOCK = threading.Lock()
 
 
 def tokenize(tokenizer, texts: list[str]) -> np.ndarray:
     """int32 ``[N, 77]`` ids: BOS, tokens, EOS, EOS padding; truncated to 77."""
-    enc = tokenizer(texts, padding="max_length", max_length=MAX_LENGTH, truncation=True)
+    with _TOKENIZER_LOCK:
+        enc = tokenizer(texts, padding="max_length", max_length=MAX_LENGTH, truncation=True)
     return np.asarray(enc["input_ids"], dtype=np.int32)
 
 
@@ -24,7 +31,8 @@ def phrase_token_positions(tokenizer, phrases: list[str]) -> list[list[int]]:
     """
     positions, cursor = [], 1
     for phrase in phrases:
-        n = len(tokenizer(phrase, add_special_tokens=False)["input_ids"])
+        with _TOKENIZER_LOCK:
+            n = len(tokenizer(phrase, add_special_tokens=False)["input_ids"])
         positions.append([p for p in range(cursor, cursor + n) if p < MAX_LENGTH - 1])
         cursor += n
     return positions

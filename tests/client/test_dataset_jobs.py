@@ -117,3 +117,41 @@ def test_annotate_batch_clicks_to_coco(tiny_server, sample_set, tmp_path, cache_
     assert "2 masks on 2 images, 2 problem(s)" in proc.stdout and "points.0" in proc.stdout and "nope.png" in proc.stdout
     coco = COCO(str(tmp_path / "a" / "annotations.json"))
     assert len(coco.anns) == 2 and all(a["segmentation"] for a in coco.anns.values())
+
+
+def test_resume_verifies_what_it_trusts_and_redoes_damaged_items(tiny_server, sample_set, tmp_path, cache_home):
+    """A truncated record and a truncated image are found on resume, reported, redone, and the
+    result equals an undamaged run; an intact item is not redone."""
+    url = tiny_server.options.grpc_url
+    out = tmp_path / "job"
+    first = _cli(*_synthesize_args(sample_set, out, url), cache_home=cache_home)
+    assert first.returncode == 0, first.stdout + first.stderr
+    reference = (out / "annotations.json").read_bytes()
+    records = sorted((out / "records").glob("*.json"))
+    record = json.loads(records[1].read_text())
+    assert record["image_bytes"] > 0 and len(record["image_sha256"]) == 64
+    records[0].write_bytes(records[0].read_bytes()[:40])               # truncated record
+    image = out / record["file_name"]
+    image.write_bytes(image.read_bytes()[: record["image_bytes"] // 2])  # truncated image
+
+    again = _cli(*_synthesize_args(sample_set, out, url), cache_home=cache_home)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Traceback" not in again.stderr
+    assert f"redo {records[0].stem}" in again.stdout and f"redo {records[1].stem}" in again.stdout
+    assert "2 done now, 4 already done" in again.stdout
+    assert (out / "annotations.json").read_bytes() == reference
+
+
+def test_local_jobs_with_threads_equal_a_sequential_run(tiny_repo, sample_set, tmp_path, cache_home):
+    outs = {}
+    for concurrency in (1, 2):
+        out = tmp_path / f"local{concurrency}"
+        args = _synthesize_args(sample_set, out, "unused")
+        args[args.index("--concurrency") + 1] = concurrency
+        args = args[:args.index("--server")] + ["--local", tiny_repo] + args[args.index("--server") + 2:]
+        proc = _cli(*args, "--limit", 4, cache_home=cache_home)
+        assert proc.returncode == 0 and "ImportError" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        outs[concurrency] = out
+    assert (outs[1] / "annotations.json").read_bytes() == (outs[2] / "annotations.json").read_bytes()
+    for image in sorted((outs[1] / "images").glob("*.png")):
+        assert image.read_bytes() == (outs[2] / "images" / image.name).read_bytes(), image.name
