@@ -16,7 +16,8 @@ Side by side, on the same weights (a preset's seeded modules, exported into the 
 
 Targets (ratios from the same run): served end-to-end <= 0.6x the reference, served per step
 <= 1.10x the bare UNet, throughput at the highest concurrency >= 2.5x single-stream, click p50
-<= 10 ms and p99 <= 25 ms, click p99 under synthesis load <= 2x its idle p99. On the CPU with the tiny preset they are reported, not expected.
+<= 10 ms and p99 <= 25 ms, click p99 under synthesis load <= 2x its idle p99. On the CPU with
+the tiny preset they are reported, not expected.
 """
 
 from __future__ import annotations
@@ -133,10 +134,7 @@ def bench_bare_unet(repo: Path, settings, steps: int, repeats: int) -> dict:
     spec = exported_specs(repo)["unet"]
     runtime = open_runtime(repo / "unet" / "1", settings=settings)
     rng = np.random.default_rng(0)
-    inputs = {}
-    for t in spec.inputs:
-        shape = tuple(2 if d == "batch" else spec.dims("opt").get(d, d) if isinstance(d, str) else d for d in t.shape)
-        inputs[t.name] = rng.standard_normal(shape).astype(np.float32)
+    inputs = {t.name: rng.standard_normal((2, *spec.concrete_shape(t)[1:])).astype(np.float32) for t in spec.inputs}
     inputs["timestep"] = np.full((2,), 500.0, np.float32)
     inputs["box_masks"] = np.zeros_like(inputs["box_masks"])
     times = _timed(lambda: runtime.run(inputs), max(repeats, 5))

@@ -39,10 +39,14 @@ def infer_on_device(runner, model: str, tensors: dict, outputs: list[str] | None
     """``runner.infer_tensors``, or a host round trip for runners that only take numpy."""
     if hasattr(runner, "infer_tensors"):
         return runner.infer_tensors(model, tensors, outputs)
+    return via_host(runner.infer, model, tensors, outputs, next(iter(tensors.values())).device)
+
+
+def via_host(infer, model: str, tensors: dict, outputs: list[str] | None, device) -> dict:
+    """Run a numpy ``infer`` on torch tensors: inputs copied to the host, outputs back to ``device``."""
     import torch
 
-    out = runner.infer(model, {k: v.detach().cpu().numpy() for k, v in tensors.items()}, outputs)
-    device = next(iter(tensors.values())).device
+    out = infer(model, {k: v.detach().cpu().numpy() for k, v in tensors.items()}, outputs)
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in out.items()}
 
 
@@ -74,14 +78,11 @@ class LocalRunner:
         return self._session(model).run(inputs, outputs)
 
     def infer_tensors(self, model, tensors, outputs=None):
-        import torch
-
         session = self._session(model)
         if hasattr(session, "run_tensors"):  # a torch program: stays on its device
             out = session.run_tensors(tensors)
             return {name: out[name] for name in (outputs or list(out))}
-        out = session.run({k: v.detach().cpu().numpy() for k, v in tensors.items()}, outputs)
-        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in out.items()}
+        return via_host(self.infer, model, tensors, outputs, self.device)
 
 
 #: Triton error code names a BLS response can carry (``pb_utils.TritonError.<NAME>``).

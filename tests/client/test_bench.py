@@ -43,3 +43,7 @@ def test_bench_refuses_a_missing_device_with_one_line(tmp_path, cache_home):
                            "--out", str(tmp_path)], capture_output=True, text=True, env=run_env(cache_home),
                           timeout=300)
     assert proc.returncode == 2 and "cuda:3" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "xsyn.client.cli", "bench", "--runtime", "torch", "--device", "gpu",
+                           "--out", str(tmp_path)], capture_output=True, text=True, env=run_env(cache_home),
+                          timeout=300)
+    assert proc.returncode == 2 and "--device 'gpu'" in proc.stderr and "Traceback" not in proc.stderr

@@ -57,8 +57,16 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
 def runtime_settings(args: argparse.Namespace) -> ServerSettings:
     """The runtime choice of the command line, checked: a device that does not exist or cannot run
     the precision, or a runtime that is not installed, fails here with one line."""
-    settings = ServerSettings(runtime=args.runtime, device=args.device, precision=args.precision,
-                              torch_compile=args.torch_compile)
+    from pydantic import ValidationError
+
+    try:
+        settings = ServerSettings(runtime=args.runtime, device=args.device, precision=args.precision,
+                                  torch_compile=args.torch_compile)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = str(first["loc"][0]).replace("_", "-") if first["loc"] else "runtime"
+        raise InvalidArgument(f"--{flag} {first.get('input')!r}: expected cpu, cuda or cuda:N"
+                              if flag == "device" else f"--{flag}: {first['msg']}") from None
     if settings.runtime == "torch":
         from xsyn.runtimes import resolve_device
 
