@@ -125,7 +125,7 @@ class NetworkSpec:
         implicit when ``max_batch_size > 0``, and a per-sample scalar (``[batch]``) is ``[1]``."""
         if self.is_per_sample_scalar(tensor):
             return [1]
-        dims = [-1 if isinstance(d, str) else int(d) for d in tensor.shape]
+        dims = config_dims(tensor.shape)
         return dims[1:] if self.max_batch_size > 0 else dims
 
     def to_declared_shape(self, tensor: TensorSpec, value):
@@ -208,8 +208,13 @@ class PipelineSpec:
 
     @staticmethod
     def declared_dims(tensor: TensorSpec) -> list[int]:
-        """The tensor's dims in the config: symbols are -1."""
-        return [-1 if isinstance(d, str) else int(d) for d in tensor.shape]
+        """The tensor's dims in the config: symbols are -1 (no implicit batch axis)."""
+        return config_dims(tensor.shape)
+
+
+def config_dims(shape: tuple[int | str, ...]) -> list[int]:
+    """A spec shape as Triton config dims: symbolic dimensions become -1."""
+    return [-1 if isinstance(d, str) else int(d) for d in shape]
 
 
 def exported_specs(repo) -> dict[str, NetworkSpec]:
