@@ -20,6 +20,7 @@ import numpy as np
 
 from xsyn.api.annotation import AnnotationResponse
 from xsyn.api.masks import rle_decode
+from xsyn.api.models import async_model_states, model_states
 from xsyn.api.synthesis import SynthesisRequest, SynthesisResponse, parse_request
 from xsyn.api.tensors import array_input, bytes_input, image_input, output_arrays
 from xsyn.errors import (  # noqa: F401  (re-exported: the SDK's exceptions)
@@ -109,9 +110,9 @@ def generate_call(key: str, **overrides):
     return annotation_call({"op": "generate", "key": key, **overrides})
 
 
-def health_report(live: bool, ready: bool, index: dict) -> dict:
+def health_report(live: bool, ready: bool, states: dict[str, str]) -> dict:
     """``{"live", "ready", "models": {name: state}}`` from the server's answers."""
-    return {"live": live, "ready": ready, "models": {m["name"]: m.get("state", "UNKNOWN") for m in index.get("models", [])}}
+    return {"live": live, "ready": ready, "models": states}
 
 
 def _grpc_options(ssl, root_certificates, private_key, certificate_chain) -> dict:
@@ -217,7 +218,7 @@ class XsynClient:
         """Server liveness/readiness and every model's state."""
         try:
             return health_report(self._client.is_server_live(), self._client.is_server_ready(),
-                                 self._client.get_model_repository_index(as_json=True))
+                                 model_states(self._client))
         except Exception as exc:
             raise map_error(exc) from None
 
@@ -317,7 +318,7 @@ class AsyncXsynClient:
     async def health(self) -> dict:
         try:
             return health_report(await self._client.is_server_live(), await self._client.is_server_ready(),
-                                 await self._client.get_model_repository_index(as_json=True))
+                                 await async_model_states(self._client))
         except Exception as exc:
             raise map_error(exc) from None
 

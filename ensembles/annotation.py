@@ -23,6 +23,7 @@ from xsyn.ensembles.embedding_cache import CachedImage, EmbeddingCache, image_ke
 from xsyn.ensembles.runner import Runner
 from xsyn.ensembles.sam_ops import SamImage, embed_images, generate_masks
 from xsyn.ensembles.synthesis import PROFILE_DEFAULTS
+from xsyn.settings import ServerSettings
 
 
 def polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[list[float]]:
@@ -41,10 +42,13 @@ def polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[list[float]]:
 class Annotator:
     """Embed / segment / generate over the SAM graphs and (when exported) the energy encoder."""
 
-    def __init__(self, runner: Runner, assets: PipelineAssets, cache: EmbeddingCache) -> None:
+    def __init__(self, runner: Runner, assets: PipelineAssets, cache: EmbeddingCache,
+                 settings: ServerSettings | None = None) -> None:
+        """``settings``: the per-request budgets (image pixels, AMG memory), defaults if None."""
         self.runner = runner
         self.assets = assets
         self.cache = cache
+        self.settings = settings or ServerSettings()
         self.energy = assets.specs.get("apsam_energy_encoder")
 
     @property
@@ -53,7 +57,7 @@ class Annotator:
 
     def embed(self, image: np.ndarray) -> AnnotationResponse:
         """Run the image encoder (once per image content) and cache the embedding."""
-        image = images.check_image(image)
+        image = images.check_image(image, self.settings.max_image_pixels)
         key = image_key(image)
         h, w = image.shape[:2]
         if key in self.cache:
@@ -118,9 +122,9 @@ class Annotator:
         """Automatic masks for a cached image (the synthesis pipeline's AMG code)."""
         entry = self.cache.get(req.key)
         h, w = entry.image.shape[:2]
-        settings = PROFILE_DEFAULTS[self.assets.profile]["amg"]
         overrides = {k: v for k, v in req.model_dump(exclude={"op", "key"}).items() if v is not None}
-        settings = replace(settings, **overrides) if overrides else settings
+        settings = replace(PROFILE_DEFAULTS[self.assets.profile]["amg"], batch_bytes=self.settings.amg_batch_bytes,
+                           max_masks=self.settings.max_masks, **overrides)
         sam = SamImage.from_embedding(self.runner, entry.embedding, (h, w), self.assets.sam_size, entry.mask_tokens)
         found = generate_masks(sam, settings)
         outs = [MaskOut(rle=rle_encode(m.segmentation), polygons=polygons(m.segmentation), score=m.predicted_iou,

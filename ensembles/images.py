@@ -10,30 +10,43 @@ from xsyn.api.limits import MAX_PIXELS, MAX_SIDE, MIN_SIDE
 from xsyn.errors import InvalidArgument
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 RGB array; refuses corrupt data and images over the size limit."""
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 RGB array; refuses corrupt data, and images over the size limit
+    from their header, before any pixel is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > MAX_PIXELS or max(im.size) > MAX_SIDE:
-                raise InvalidArgument(f"image: {im.width}x{im.height} exceeds the limit of {MAX_SIDE} px a side, "
-                                      f"{MAX_PIXELS} pixels")
+            check_size(im.width, im.height, max_pixels)
             im.load()
             return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as exc:  # Pillow's own header check, at twice its pixel limit
+        raise InvalidArgument(f"image: {exc}; the limit is {MAX_SIDE} px a side, {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidArgument(f"image: cannot decode as PNG/JPEG ({type(exc).__name__}: {exc})") from None
 
 
-def check_image(image: np.ndarray) -> np.ndarray:
+def check_size(width: int, height: int, max_pixels: int = MAX_PIXELS) -> None:
+    """InvalidArgument unless sides are ``MIN_SIDE..MAX_SIDE`` and the area at most ``max_pixels``."""
+    if min(height, width) < MIN_SIDE or max(height, width) > MAX_SIDE or height * width > max_pixels:
+        raise InvalidArgument(f"image: {width}x{height}, expected sides {MIN_SIDE}..{MAX_SIDE} px and at most "
+                              f"{max_pixels} pixels")
+
+
+def check_image_shape(shape, dtype: str, max_pixels: int = MAX_PIXELS) -> None:
+    """Check a raw image tensor from its shape and dtype alone (before its bytes are read)."""
+    if dtype != "uint8":
+        raise InvalidArgument(f"image: dtype {dtype}, expected uint8")
+    if len(shape) != 3 or shape[2] != 3:
+        raise InvalidArgument(f"image: shape {list(shape)}, expected [H, W, 3] RGB")
+    check_size(int(shape[1]), int(shape[0]), max_pixels)
+
+
+def check_image(image: np.ndarray, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Validate a uint8 ``[H, W, 3]`` array; returns it C-contiguous."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-        raise InvalidArgument(f"image: dtype {getattr(image, 'dtype', type(image).__name__)}, expected uint8")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise InvalidArgument(f"image: shape {list(image.shape)}, expected [H, W, 3] RGB")
-    h, w = image.shape[:2]
-    if min(h, w) < MIN_SIDE or max(h, w) > MAX_SIDE or h * w > MAX_PIXELS:
-        raise InvalidArgument(f"image: {w}x{h}, expected sides {MIN_SIDE}..{MAX_SIDE} px and at most {MAX_PIXELS} pixels")
+    if not isinstance(image, np.ndarray):
+        raise InvalidArgument(f"image: {type(image).__name__}, expected a uint8 array")
+    check_image_shape(image.shape, str(image.dtype), max_pixels)
     return np.ascontiguousarray(image)
 
 

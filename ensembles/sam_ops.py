@@ -61,8 +61,12 @@ class SamImage:
 
     def decoder_inputs(self, points: np.ndarray | None = None, labels: np.ndarray | None = None,
                        boxes: np.ndarray | None = None, mask_input: np.ndarray | None = None,
-                       mask_tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                       mask_tokens: np.ndarray | None = None, full_masks: bool = True) -> dict[str, np.ndarray]:
         """The ``sam_decoder`` inputs for ``P`` prompt sets, as ``SamPredictor.predict_torch`` builds them.
+
+        ``full_masks=False`` asks for 1x1 ``masks``: the graph computes its full-size output
+        whether or not it is fetched, and a caller that only reads ``low_res_masks`` should not
+        pay ``P x 4 x H x W`` floats for it (at 2048 x 2048 and 64 prompts, 4 GiB).
 
         Args:
             points: ``[P, N, 2]`` xy pixels; labels ``[P, N]`` (1 fg, 0 bg).
@@ -88,7 +92,7 @@ class SamImage:
             "point_labels": np.concatenate(parts_lab, axis=1).astype(np.float32),
             "mask_input": (mask_input if mask_input is not None else np.zeros((1, 1, low, low))).astype(np.float32),
             "has_mask_input": np.array([1.0 if mask_input is not None else 0.0], np.float32),
-            "orig_im_size": np.array(self.original_size, np.float32),
+            "orig_im_size": np.array(self.original_size if full_masks else (1, 1), np.float32),
             "mask_tokens": (mask_tokens if mask_tokens is not None else self.mask_tokens).astype(np.float32),
         }
 
@@ -103,15 +107,16 @@ class SamImage:
             logits ``[P, M, 4E, 4E]``; index 0 is the single-mask output, ``1:`` the multimask ones.
         """
         wanted = ["masks", "iou_predictions", "low_res_masks"] if full_masks else ["iou_predictions", "low_res_masks"]
-        out = self.runner.infer("sam_decoder", self.decoder_inputs(points, labels, boxes, mask_input, mask_tokens),
-                                wanted)
+        out = self.runner.infer("sam_decoder", self.decoder_inputs(points, labels, boxes, mask_input, mask_tokens,
+                                                                    full_masks), wanted)
         return out.get("masks"), out["iou_predictions"], out["low_res_masks"]
 
     def predict_on_device(self, points: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Point prompts' IoU ``[P, M]`` and low-res logits ``[P, M, 4E, 4E]`` as tensors on the
         runner's device (automatic masks: the logits never travel to the host)."""
         device = torch.device(getattr(self.runner, "device", "cpu"))
-        inputs = {k: torch.from_numpy(v).to(device) for k, v in self.decoder_inputs(points, labels).items()}
+        inputs = {k: torch.from_numpy(v).to(device)
+                  for k, v in self.decoder_inputs(points, labels, full_masks=False).items()}
         out = infer_on_device(self.runner, "sam_decoder", inputs, ["iou_predictions", "low_res_masks"])
         return out["iou_predictions"], out["low_res_masks"]
 
@@ -144,6 +149,11 @@ class AmgSettings:
     min_component_area: int = 0
     #: tiny profile only: binarise each mask at this quantile of its own logits instead of 0.
     binarize_quantile: float | None = None
+    #: budget: bytes of full-size mask logits held at once; a large image gets smaller point
+    #: batches (same masks, bounded memory); ``ServerSettings.amg_batch_bytes``
+    batch_bytes: int = 256 * 2**20
+    #: budget: most masks returned, best predicted IoU first; ``ServerSettings.max_masks``
+    max_masks: int = 256
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -172,8 +182,9 @@ def generate_masks(sam_image: SamImage, settings: AmgSettings) -> list[AutoMask]
 
     h, w = sam_image.original_size
     points = build_point_grid(settings.points_per_side) * np.array([[w, h]])
+    per_point = 3 * h * w * 4  # three multimask logits at full size, float32
     parts = []
-    for (batch,) in batch_iterator(settings.points_per_batch, points):
+    for (batch,) in batch_iterator(max(1, min(settings.points_per_batch, settings.batch_bytes // per_point)), points):
         # only low-res logits travel back; upscaling here moves 1/(H*W/(4E)^2) of the bytes
         # on the runner's device: only RLE counts, boxes and scores come back to the host
         iou, low = sam_image.predict_on_device(batch[:, None, :], np.ones((len(batch), 1), np.float32))
@@ -204,7 +215,7 @@ def generate_masks(sam_image: SamImage, settings: AmgSettings) -> list[AutoMask]
         return []
     keep = batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros_like(data["boxes"][:, 0]),
                        iou_threshold=settings.box_nms_thresh)
-    data.filter(keep)
+    data.filter(keep[: settings.max_masks])  # batched_nms orders by score
     out = []
     for i in range(len(data["rles"])):
         seg = rle_to_mask(data["rles"][i])

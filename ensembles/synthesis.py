@@ -21,6 +21,7 @@ from xsyn.api.masks import rle_encode
 from xsyn.api.synthesis import Item, SynthesisRequest, SynthesisResponse
 from xsyn.api.validation import outside
 from xsyn.errors import InvalidArgument
+from xsyn.settings import ServerSettings
 from xsyn.ensembles import bom, car, images
 from xsyn.ensembles.assets import PipelineAssets
 from xsyn.ensembles.denoise import TorchNoise, denoise
@@ -88,9 +89,11 @@ class _Job:
 class Synthesizer:
     """Runs synthesis requests against one exported repository."""
 
-    def __init__(self, runner: Runner, assets: PipelineAssets) -> None:
+    def __init__(self, runner: Runner, assets: PipelineAssets, settings: ServerSettings | None = None) -> None:
+        """``settings``: the per-request budgets (steps, image pixels, AMG memory), defaults if None."""
         self.runner = runner
         self.assets = assets
+        self.settings = settings or ServerSettings()
 
     # ------------------------------------------------------------------ settings and checks
 
@@ -98,7 +101,8 @@ class Synthesizer:
         """Class groups, AMG settings and idle rules for a request, plus the record of what was used."""
         groups = req.class_groups_data or load_class_groups(req.class_groups)
         profile = PROFILE_DEFAULTS[self.assets.profile]
-        amg = replace(profile["amg"], **{k: v for k, v in req.amg.model_dump().items() if v is not None})
+        amg = replace(profile["amg"], batch_bytes=self.settings.amg_batch_bytes, max_masks=self.settings.max_masks,
+                      **{k: v for k, v in req.amg.model_dump().items() if v is not None})
         lo, hi = req.idle_area_range or profile["idle_area_range"]
         scale = (self.assets.image_size / AREA_REFERENCE) ** 2
         ratio = req.min_box_ratio if req.min_box_ratio is not None else groups.min_box_ratio
@@ -111,9 +115,12 @@ class Synthesizer:
                   "bom_alpha": req.bom_alpha, "car": req.car, "mps_divisions": req.mps_divisions}
         return groups, amg, rules, record
 
-    @staticmethod
-    def check(req: SynthesisRequest, groups: ClassGroups, width: int, height: int) -> None:
-        """Request checks that need the image or the class groups (InvalidArgument naming the field)."""
+    def check(self, req: SynthesisRequest, groups: ClassGroups, width: int, height: int) -> None:
+        """Request checks that need the image, the class groups or the server's budget
+        (InvalidArgument naming the field)."""
+        if req.steps > self.settings.max_steps:
+            raise InvalidArgument(f"steps: {req.steps} is over this server's budget of {self.settings.max_steps} "
+                                  f"(XSYN_MAX_STEPS)")
         if not req.allow_unknown_classes:
             for i, name in enumerate(req.class_names):
                 if name not in groups.classes:
@@ -142,7 +149,7 @@ class Synthesizer:
     # ------------------------------------------------------------------ the pipeline's steps
 
     def _start(self, req: SynthesisRequest, image: np.ndarray) -> "_Job":
-        image = images.check_image(image)
+        image = images.check_image(image, self.settings.max_image_pixels)
         h, w = image.shape[:2]
         groups, amg, rules, record = self.resolve(req)
         self.check(req, groups, w, h)

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 from torch import nn
 
-from xsyn.api.limits import MAX_OBJECTS  # the UNet spec declares its grounding tokens with it
+from xsyn.api.limits import MAX_OBJECTS, MAX_SIDE  # the UNet spec declares its grounding tokens with it
 from xsyn.errors import InvalidArgument
 from xsyn.export.attention_capture import attention_layers, default_capture_layers, output_name
 from xsyn.export.sources import ModelBundle, copy_tokenizer
@@ -61,8 +61,8 @@ class Network:
     sidecar_fingerprint: tuple[Path, ...] = ()
 
 
-def _t(name: str, shape, doc: str, dtype: str = "float32") -> TensorSpec:
-    return TensorSpec(name=name, dtype=dtype, shape=tuple(shape), doc=doc)
+def _t(name: str, shape, doc: str, dtype: str = "float32", values=None, choices=()) -> TensorSpec:
+    return TensorSpec(name=name, dtype=dtype, shape=tuple(shape), doc=doc, values=values, choices=tuple(choices))
 
 
 def _f32(rng: np.random.Generator, shape, scale: float = 1.0) -> np.ndarray:
@@ -77,7 +77,8 @@ def text_encoder_network(bundle: ModelBundle) -> Network:
     bos, eos, vocab = te.config.bos_token_id, te.config.eos_token_id, te.config.vocab_size
     spec = NetworkSpec(
         name="text_encoder",
-        inputs=(_t("input_ids", ("batch", MAX_LENGTH), "CLIP token ids, BOS ... EOS then EOS padding", "int32"),),
+        inputs=(_t("input_ids", ("batch", MAX_LENGTH), "CLIP token ids, BOS ... EOS then EOS padding", "int32",
+                   values=(0, vocab - 1)),),
         outputs=(_t("last_hidden_state", ("batch", MAX_LENGTH, d), "prompt embeddings"),
                  _t("pooled_output", ("batch", d), "pooled (EOS-token) embedding: GLIGEN phrase embedding")),
         profile=(("batch", 1, 2, 32),),
@@ -119,11 +120,11 @@ def unet_network(bundle: ModelBundle, capture_layers: tuple[str, ...] | None = N
         name="unet",
         inputs=(
             _t("sample", ("batch", 9, s, s), "concat(noisy latent z_t, masked image latent z*m, mask m)"),
-            _t("timestep", ("batch",), "diffusion timestep (0..999) per sample"),
+            _t("timestep", ("batch",), "diffusion timestep (0..999) per sample", values=(0, 999)),
             _t("encoder_hidden_states", ("batch", MAX_LENGTH, d), "prompt embeddings"),
             _t("boxes", ("batch", MAX_OBJECTS, 4), "grounding boxes, xyxy normalised 0..1, zero-padded"),
             _t("phrase_embeddings", ("batch", MAX_OBJECTS, d), "pooled text embedding per grounding phrase"),
-            _t("box_masks", ("batch", MAX_OBJECTS), "1 where a grounding box is present, else 0"),
+            _t("box_masks", ("batch", MAX_OBJECTS), "1 where a grounding box is present, else 0", choices=(0, 1)),
         ),
         outputs=tuple(outputs),
         profile=(("batch", 1, 2, 8),),
@@ -214,10 +215,11 @@ def sam_decoder_network(bundle: ModelBundle) -> Network:
         inputs=(
             _t("image_embeddings", (1, c, e, e), "embedding of one image (sam_image_encoder output)"),
             _t("point_coords", ("num_prompts", "num_points", 2), "xy pixels in the resized (longest side S) frame"),
-            _t("point_labels", ("num_prompts", "num_points"), "1 fg, 0 bg, 2/3 box corners, -1 padding"),
+            _t("point_labels", ("num_prompts", "num_points"), "1 fg, 0 bg, 2/3 box corners, -1 padding",
+               choices=(-1, 0, 1, 2, 3)),
             _t("mask_input", ("mask_batch", 1, low, low), "previous low-res mask logits (1 or num_prompts)"),
-            _t("has_mask_input", (1,), "1 when mask_input is used, else 0"),
-            _t("orig_im_size", (2,), "original image (H, W)"),
+            _t("has_mask_input", (1,), "1 when mask_input is used, else 0", choices=(0, 1)),
+            _t("orig_im_size", (2,), f"original image (H, W), 1..{MAX_SIDE} px", values=(1, MAX_SIDE)),
             _t("mask_tokens", ("token_batch", m, c), "mask tokens: SAM's learned ones or APSAM's (1 or num_prompts)"),
         ),
         outputs=(
@@ -228,6 +230,7 @@ def sam_decoder_network(bundle: ModelBundle) -> Network:
         profile=(("num_prompts", 1, 64, 256), ("num_points", 1, 3, 32), ("mask_batch", 1, 1, 256),
                  ("token_batch", 1, 1, 256)),
         broadcast=(("mask_batch", "num_prompts"), ("token_batch", "num_prompts")),
+        value_dims=(("orig_h", "orig_im_size", 0), ("orig_w", "orig_im_size", 1)),
         max_batch_size=0,
         description="SAM prompt encoder + mask decoder (mask tokens as input)",
         extra=(("num_mask_tokens", str(m)),),

@@ -29,12 +29,18 @@ class TensorSpec:
         dtype: numpy dtype name, one of :data:`DTYPES`.
         shape: fixed ints and symbolic dimension names.
         doc: meaning, layout, value range and coordinate convention.
+        values: inclusive ``(min, max)`` every element of an input must lie in (checked by the
+            leaf model before the graph runs: out-of-range token ids, sizes or timesteps are the
+            client's mistake, not an internal error), or None.
+        choices: the only values an input's elements may take (e.g. SAM's point labels), or ().
     """
 
     name: str
     dtype: str
     shape: tuple[int | str, ...]
     doc: str = ""
+    values: tuple[float, float] | None = None
+    choices: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -75,6 +81,9 @@ class NetworkSpec:
             size of ``target`` (numpy broadcasting, e.g. the SAM decoder's mask input for 1 or
             every prompt set). ONNX graphs broadcast inside; exported programs take the target
             size and their runtime expands a size-1 axis.
+        value_dims: ``(symbol, input, index)``: an output dimension whose size is element
+            ``index`` of an input's value (the SAM decoder's masks are ``orig_im_size``), so that
+            a request's output bytes are known before the graph runs.
     """
 
     name: str
@@ -90,6 +99,7 @@ class NetworkSpec:
     description: str = ""
     extra: tuple[tuple[str, str], ...] = field(default=())
     broadcast: tuple[tuple[str, str], ...] = ()
+    value_dims: tuple[tuple[str, str, int], ...] = ()
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.inputs + self.outputs]
@@ -148,8 +158,8 @@ class NetworkSpec:
     def from_dict(cls, data: dict) -> "NetworkSpec":
         """Inverse of ``dataclasses.asdict`` (e.g. a version folder's ``network.json``)."""
         data = dict(data)
-        data["inputs"] = tuple(TensorSpec(**dict(t, shape=tuple(t["shape"]))) for t in data["inputs"])
-        data["outputs"] = tuple(TensorSpec(**dict(t, shape=tuple(t["shape"]))) for t in data["outputs"])
+        data["inputs"] = tuple(_tensor_from_dict(t) for t in data["inputs"])
+        data["outputs"] = tuple(_tensor_from_dict(t) for t in data["outputs"])
         data["profile"] = tuple(tuple(p) for p in data["profile"])
         if data.get("dynamic_batching"):
             db = data["dynamic_batching"]
@@ -157,6 +167,7 @@ class NetworkSpec:
         data["fp32_layer_patterns"] = tuple(data.get("fp32_layer_patterns", ()))
         data["extra"] = tuple(tuple(e) for e in data.get("extra", ()))
         data["broadcast"] = tuple(tuple(b) for b in data.get("broadcast", ()))
+        data["value_dims"] = tuple(tuple(v) for v in data.get("value_dims", ()))
         return cls(**data)
 
     def to_json(self) -> str:
@@ -210,6 +221,11 @@ class PipelineSpec:
     def declared_dims(tensor: TensorSpec) -> list[int]:
         """The tensor's dims in the config: symbols are -1 (no implicit batch axis)."""
         return config_dims(tensor.shape)
+
+
+def _tensor_from_dict(t: dict) -> TensorSpec:
+    values = tuple(t["values"]) if t.get("values") is not None else None
+    return TensorSpec(**dict(t, shape=tuple(t["shape"]), values=values, choices=tuple(t.get("choices", ()))))
 
 
 def config_dims(shape: tuple[int | str, ...]) -> list[int]:

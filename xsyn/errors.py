@@ -126,6 +126,12 @@ BY_STATUS: dict[str, type[XsynError]] = {status: row.error for status, row in ER
 #: Triton error code names as gRPC reports them (Triton's front end maps UNSUPPORTED to UNIMPLEMENTED).
 _GRPC_OF_TRITON = {"INVALID_ARG": "INVALID_ARGUMENT", "UNSUPPORTED": "UNIMPLEMENTED"}
 _TAG = re.compile(r"\[xsyn:([A-Z_]+)\] ?")
+#: Triton's own answers while a model is restarting or the server is stopping. Triton sends them
+#: as INTERNAL or NOT_FOUND, but each says "try again shortly": they map to UNAVAILABLE, which
+#: the SDK retries (a stub that died and is being reloaded by the supervisor; a model unloading
+#: for a drain or a heal; a scheduler that stopped because the server is exiting).
+TRANSIENT_TRITON = re.compile(r"Stub process .*is not healthy|has no available versions|is not at ready state|"
+                              r"Model '[^']+' is not ready|Server is stopping|Server not ready|Server exiting")
 
 
 def wire_message(exc: BaseException) -> tuple[str, str]:
@@ -152,4 +158,6 @@ def error_from_wire(status: str, message: str) -> XsynError:
     if tag and tag.group(1) in ERROR_TABLE:
         status = tag.group(1)
         message = _TAG.sub("", message, count=1)
+    elif TRANSIENT_TRITON.search(message):
+        status = "UNAVAILABLE"
     return BY_STATUS.get(status, InternalError)(message)

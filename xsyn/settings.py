@@ -30,6 +30,21 @@ field                       environment variable         meaning
                                                          clicks keep their latency under load
 ``priority``                (config parameter)           per model: ``interactive`` or ``batch``
                                                          (written by ``xsyn repository``)
+``max_steps``               ``XSYN_MAX_STEPS``           per-request budget: denoising steps of
+                                                         one synthesis (default 200)
+``max_output_bytes``        ``XSYN_MAX_OUTPUT_BYTES``    per-request budget: bytes of outputs a
+                                                         leaf graph may produce (default 512 MiB;
+                                                         the SAM decoder's full-size masks)
+``max_image_pixels``        ``XSYN_MAX_IMAGE_PIXELS``    per-request budget: pixels of a request
+                                                         image (default and ceiling 16 MP),
+                                                         checked from the tensor's shape or the
+                                                         PNG/JPEG header before pixels are read
+``amg_batch_bytes``         ``XSYN_AMG_BATCH_BYTES``     automatic masks: bytes of full-size mask
+                                                         logits held at once (default 256 MiB);
+                                                         large images take more, smaller batches
+``max_masks``               ``XSYN_MAX_MASKS``           automatic masks: most masks one request
+                                                         returns (best predicted IoU first;
+                                                         default 256)
 ==========================  ===========================  =======================================
 """
 
@@ -40,6 +55,7 @@ from typing import Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from xsyn.api.limits import MAX_PIXELS, MAX_STEPS, MIN_SIDE
 from xsyn.errors import InvalidArgument
 
 
@@ -55,6 +71,11 @@ class ServerSettings(BaseModel):
     torch_compile: bool = Field(False, description="torch.compile the exported program at load")
     batch_nice: int = Field(10, ge=0, le=19, description="CPU niceness of batch (non-interactive) models")
     priority: Literal["interactive", "batch"] = Field("interactive", description="this model's class")
+    max_steps: int = Field(200, ge=1, le=MAX_STEPS, description="denoising steps a synthesis may ask for")
+    max_output_bytes: int = Field(512 * 2**20, ge=2**20, description="output bytes a leaf request may produce")
+    max_image_pixels: int = Field(MAX_PIXELS, ge=MIN_SIDE**2, le=MAX_PIXELS, description="pixels of a request image")
+    amg_batch_bytes: int = Field(256 * 2**20, ge=2**20, description="AMG: full-size mask logits held at once")
+    max_masks: int = Field(256, ge=1, description="AMG: most masks one request returns")
 
     @classmethod
     def load(cls, parameters: Mapping[str, str] | None = None,

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from xsyn.client.sdk import AsyncXsynClient, Cancelled, DeadlineExceeded, InternalError, XsynClient
+from xsyn.client.sdk import AsyncXsynClient, Cancelled, DeadlineExceeded, XsynClient
 from xsyn.errors import InvalidArgument, NotFound, Unavailable
 from xsyn.serving.server import free_port
 
@@ -42,13 +42,14 @@ def test_deadline_exceeded_and_cancelled(tiny_server):
         assert client.health()["ready"]
 
 
-def test_internal_error_from_a_failing_graph(tiny_server):
+def test_a_mistake_the_graph_would_fail_on_is_invalid_argument(tiny_server):
     with XsynClient(tiny_server.options.grpc_url) as client:
         inputs = {"image_embeddings": np.zeros((1, 32, 8, 8), np.float32),
                   "point_coords": np.zeros((1, 3, 2), np.float32), "point_labels": np.zeros((1, 2), np.float32),
                   "mask_input": np.zeros((1, 1, 32, 32), np.float32), "has_mask_input": np.zeros(1, np.float32),
                   "orig_im_size": np.array([64, 64], np.float32), "mask_tokens": np.zeros((1, 4, 32), np.float32)}
-        with pytest.raises(InternalError, match="runtime error"):  # 3 points, 2 labels: the graph itself fails
+        # 3 points, 2 labels: the graph itself would fail; the leaf model names the disagreement first
+        with pytest.raises(InvalidArgument, match="'point_labels' axis 1 \\(num_points\\) is 2, but 'point_coords' has"):
             client.infer_raw("sam_decoder", inputs)
         assert client.health()["ready"]
 

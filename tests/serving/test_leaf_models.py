@@ -16,8 +16,9 @@ from xsyn.serving.command import infer
 pytestmark = pytest.mark.slow
 
 
-def test_every_leaf_model_answers_like_in_process_onnxruntime(client, tiny_repo, tiny_bundle):
-    index = {m["name"]: m["state"] for m in client.get_model_repository_index(as_json=True)["models"]}
+def test_every_leaf_model_answers_like_in_process_onnxruntime(client, tiny_server, tiny_repo, tiny_bundle):
+    index = {m["name"]: m["state"] for m in client.get_model_repository_index(
+        headers=tiny_server.admin_headers, as_json=True)["models"]}
     nets = select_networks(tiny_bundle)
     assert index == {**{net.spec.name: "READY" for net in nets}, "xsyn": "READY", "apsam": "READY"}
     for net in nets:

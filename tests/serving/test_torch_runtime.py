@@ -84,7 +84,7 @@ def test_served_torch_leaf_models_match_the_pytorch_modules(tiny_server_torch, t
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(tiny_server_torch.options.grpc_url)
-    config = client.get_model_config("unet", as_json=True)["config"]["parameters"]
+    config = client.get_model_config("unet", headers=tiny_server_torch.admin_headers, as_json=True)["config"]["parameters"]
     assert config["runtime"]["string_value"] == "torch" and config["device"]["string_value"] == "cpu"
     for net in select_networks(tiny_bundle):
         inputs = net.sample_inputs(np.random.default_rng(11))

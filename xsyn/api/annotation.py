@@ -76,8 +76,8 @@ class GenerateRequest(BaseModel):
     op: Literal["generate"] = "generate"
     key: str = Field(min_length=1, max_length=64)
     points_per_side: int | None = Field(None, ge=1, le=64)
-    pred_iou_thresh: float | None = None
-    stability_score_thresh: float | None = None
+    pred_iou_thresh: float | None = Field(None, ge=-1e9, le=1, allow_inf_nan=False)
+    stability_score_thresh: float | None = Field(None, ge=-1e9, le=1, allow_inf_nan=False)
 
 
 class MaskOut(BaseModel):

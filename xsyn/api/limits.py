@@ -11,3 +11,5 @@ MAX_PIXELS = 16_000_000   # request image area, pixels
 MIN_SIDE = 32             # request image side, pixels
 MAX_CLASS_NAME = 64       # characters
 MAX_POINTS = 24           # prompt points per click
+MAX_STEPS = 999           # denoising steps: DDIM's 1000 training steps with steps_offset 1 leave 999
+                          # (the server's own budget, ServerSettings.max_steps, is lower)

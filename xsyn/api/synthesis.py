@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from xsyn.api.class_groups import ClassGroups
-from xsyn.api.limits import MAX_CLASS_NAME, MAX_OBJECTS
+from xsyn.api.limits import MAX_CLASS_NAME, MAX_OBJECTS, MAX_STEPS
 from xsyn.api.validation import check_box, validate
 
 
@@ -22,9 +22,9 @@ class AmgOverrides(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     points_per_side: int | None = Field(None, ge=1, le=64)
-    pred_iou_thresh: float | None = Field(None, ge=-1e9, le=1)
-    stability_score_thresh: float | None = Field(None, ge=-1e9, le=1)
-    box_nms_thresh: float | None = Field(None, gt=0, le=1)
+    pred_iou_thresh: float | None = Field(None, ge=-1e9, le=1, allow_inf_nan=False)
+    stability_score_thresh: float | None = Field(None, ge=-1e9, le=1, allow_inf_nan=False)
+    box_nms_thresh: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
 
 
 class SynthesisRequest(BaseModel):
@@ -45,7 +45,7 @@ class SynthesisRequest(BaseModel):
     class_names: list[str] = Field(default_factory=list)
     mode: Literal["modify", "add"] = "modify"
     seed: int = Field(0, ge=0, lt=2**31)
-    steps: int = Field(50, ge=1, le=1000)
+    steps: int = Field(50, ge=1, le=MAX_STEPS)
     guidance: float = Field(7.5, ge=0.0, le=50.0)
     eta: float = Field(0.0, ge=0.0, le=1.0)
     bom_alpha: float = Field(0.3, ge=0.0, le=1.0)

@@ -20,7 +20,8 @@ class TritonPythonModel(PipelineModel):
         from xsyn.ensembles.annotation import Annotator
         from xsyn.ensembles.embedding_cache import EmbeddingCache
 
-        self.annotator = Annotator(self.runner, self.assets, EmbeddingCache(self.settings.apsam_cache_bytes))
+        self.annotator = Annotator(self.runner, self.assets, EmbeddingCache(self.settings.apsam_cache_bytes),
+                                  self.settings)
 
     def handle(self, request) -> dict[str, np.ndarray]:
         from xsyn.api.annotation import parse_annotation_request

@@ -28,6 +28,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for every model to be ready")
+    p.add_argument("--grace", type=float, default=30.0,
+                   help="on SIGTERM / Ctrl-C: seconds in-flight requests may take to finish (default 30)")
+    p.add_argument("--admin-key-file", type=Path,
+                   help="write the key that opens the restricted protocols (model control, configs, shared "
+                        "memory, logging, trace) to this file, mode 0600; without it they stay closed")
     add_runtime_arguments(p)
     p.set_defaults(handler=run_serve)
 
@@ -103,10 +108,14 @@ def prepare_repository(preset: str | None, repository: Path | None, runtime: Ser
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from xsyn.serving.supervisor import Supervisor
+
     runtime = runtime_settings(args)
     repo, _ = prepare_repository(args.preset or (None if args.repository else "tiny"), args.repository, runtime)
     options = ServerOptions(repository=repo, host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
-                            metrics_port=args.metrics_port, startup_timeout=args.timeout)
+                            metrics_port=args.metrics_port, startup_timeout=args.timeout, grace=args.grace)
+    if args.admin_key_file:
+        write_private(args.admin_key_file, options.admin_key + "\n")
     server = TritonServer(options)
     stop = {"requested": False}
 
@@ -114,39 +123,62 @@ def run_serve(args: argparse.Namespace) -> int:
         stop["requested"] = True
 
     previous = signal.signal(signal.SIGTERM, request_stop)
+    supervisor = None
     try:
         server.start()
         index = server.wait_until_ready()
+        supervisor = Supervisor(server).start()
         print(f"xsyn serve: {len(index)} model(s) ready from {repo}/")
         print(f"  gRPC {options.grpc_url}   HTTP {options.client_host}:{options.http_port}   metrics {options.metrics_url}")
-        print(f"  server log: {server.log_path}   (Ctrl-C or SIGTERM to stop)", flush=True)
-        while not stop["requested"]:
-            if server.process.poll() is not None:
-                raise XsynError(f"tritonserver exited unexpectedly (code {server.process.returncode}); "
-                                f"log tail:\n{server.log_tail()}")
+        key = f"admin key in {args.admin_key_file}" if args.admin_key_file else "admin protocols closed (no --admin-key-file)"
+        print(f"  server log: {server.log_path}   {key}   (Ctrl-C or SIGTERM to stop)", flush=True)
+        shown = 0
+        while not stop["requested"] and supervisor.running:
+            for line in supervisor.events[shown:]:
+                print(f"xsyn serve: {line}", flush=True)
+            shown = len(supervisor.events)
             time.sleep(0.2)
+        if supervisor.failure:
+            raise XsynError(f"{supervisor.failure}\nlog tail:\n{server.log_tail()}")
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
-        server.stop()
-        print("xsyn serve: stopped", flush=True)
+        print(f"xsyn serve: stopping (in-flight requests get up to {options.grace:.0f} s)", flush=True)
+        start = time.monotonic()
+        (supervisor.stop() if supervisor is not None else server.stop())
+        print(f"xsyn serve: stopped after {time.monotonic() - start:.1f} s", flush=True)
     return 0
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (created 0600, never world-readable)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def health_lines(url: str, metrics_port: int) -> tuple[list[str], bool]:
-    """Human-readable health report and whether every model is ready."""
+    """Human-readable health report and whether every model is ready.
+
+    Each model the product serves is asked for its readiness (the repository index is a
+    restricted protocol)."""
+    from xsyn.api.models import model_states
+
     client = require_server(url)
     meta = client.get_server_metadata(as_json=True)
-    index = client.get_model_repository_index(as_json=True).get("models", [])
+    states = model_states(client)
     ready = client.is_server_ready()
     lines = [f"server {meta.get('name')} {meta.get('version')} at {url}: live, {'ready' if ready else 'NOT ready'}"]
-    for m in index:
-        reason = f" ({m['reason']})" if m.get("reason") else ""
-        lines.append(f"  {m['name']:<22} v{m.get('version', '?'):<3} {m.get('state', 'UNKNOWN')}{reason}")
+    lines += [f"  {name:<22} {state}" for name, state in states.items()]
     host = url.rsplit(":", 1)[0]
     lines.append(f"metrics: http://{host}:{metrics_port}/metrics")
-    return lines, ready and all(m.get("state") == "READY" for m in index)
+    return lines, ready and bool(states) and all(state == "READY" for state in states.values())
 
 
 def run_health(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from xsyn.errors import InternalError, InvalidArgument, XsynError
 from xsyn.export.specs import NetworkSpec
 from xsyn.runtimes import open_runtime
 from xsyn.serving.triton_errors import error_response
+from xsyn.serving.stub import prepare_stub
 from xsyn.settings import ServerSettings
 
 
@@ -44,10 +45,13 @@ def _all_finite(a) -> bool:
     return bool(torch.isfinite(a).all())
 
 
-def validate_inputs(spec: NetworkSpec, arrays: dict) -> None:
+def validate_inputs(spec: NetworkSpec, arrays: dict, max_output_bytes: int | None = None) -> None:
     """Raise InvalidArgument unless ``arrays`` (numpy arrays or torch tensors) fit the spec: names,
-    dtypes, ranks, fixed sizes, profile ranges, finite values."""
+    dtypes, ranks, fixed sizes, profile ranges, one size per shape symbol across inputs (and
+    broadcast axes of 1 or their target's size), finite values, each input's value range or
+    choices, and at most ``max_output_bytes`` of outputs (sizes known from the inputs)."""
     limits = {sym: (lo, hi) for sym, lo, _, hi in spec.profile}
+    sizes: dict[str, tuple[int, str]] = {}
     for t in spec.inputs:
         if t.name not in arrays:
             raise InvalidArgument(f"{spec.name}: missing input {t.name!r}")
@@ -62,8 +66,50 @@ def validate_inputs(spec: NetworkSpec, arrays: dict) -> None:
             if isinstance(want, str) and want in limits and not limits[want][0] <= size <= limits[want][1]:
                 lo, hi = limits[want]
                 raise InvalidArgument(f"{spec.name}: input {t.name!r} axis {axis} ({want}) is {size}, expected {lo}..{hi}")
-        if _dtype_name(a).startswith("float") and not _all_finite(a):
-            raise InvalidArgument(f"{spec.name}: input {t.name!r} holds NaN or infinite values")
+            if isinstance(want, str):
+                first = sizes.setdefault(want, (int(size), t.name))
+                if first[0] != size:
+                    raise InvalidArgument(f"{spec.name}: input {t.name!r} axis {axis} ({want}) is {size}, but "
+                                          f"{first[1]!r} has {want} = {first[0]}")
+        _check_values(spec, t, a)
+    for sym, target in spec.broadcast:
+        if sym in sizes and target in sizes and sizes[sym][0] not in (1, sizes[target][0]):
+            raise InvalidArgument(f"{spec.name}: input {sizes[sym][1]!r} has {sym} = {sizes[sym][0]}, expected 1 or "
+                                  f"{target} = {sizes[target][0]}")
+    if max_output_bytes is not None:
+        _check_output_bytes(spec, arrays, {k: v for k, (v, _) in sizes.items()}, max_output_bytes)
+
+
+def _check_values(spec: NetworkSpec, t, a) -> None:
+    """Finite floats, then the input's value range or choices (one reduction each)."""
+    if _dtype_name(a).startswith("float") and not _all_finite(a):
+        raise InvalidArgument(f"{spec.name}: input {t.name!r} holds NaN or infinite values")
+    if a.numel() == 0 if hasattr(a, "numel") else a.size == 0:
+        return
+    if t.values is not None:
+        lo, hi = (float(v) for v in (a.min(), a.max()))
+        if lo < t.values[0] or hi > t.values[1]:
+            raise InvalidArgument(f"{spec.name}: input {t.name!r} has values {lo:g}..{hi:g}, expected "
+                                  f"{t.values[0]:g}..{t.values[1]:g}")
+    if t.choices:
+        values = np.unique(a.cpu().numpy() if hasattr(a, "cpu") else a)
+        bad = sorted(set(values.tolist()) - set(t.choices))
+        if bad:
+            raise InvalidArgument(f"{spec.name}: input {t.name!r} holds {bad[:5]}, expected values in {list(t.choices)}")
+
+
+def _check_output_bytes(spec: NetworkSpec, arrays: dict, sizes: dict[str, int], budget: int) -> None:
+    """InvalidArgument when the outputs this request asks for would exceed ``budget`` bytes."""
+    for sym, name, index in spec.value_dims:
+        sizes[sym] = int(float(arrays[name].reshape(-1)[index]))
+    total = 0
+    for t in spec.outputs:
+        dims = [d if isinstance(d, int) else sizes.get(d) for d in t.shape]
+        if all(d is not None for d in dims):
+            total += int(np.prod(dims, dtype=np.int64)) * np.dtype(t.dtype).itemsize
+    if total > budget:
+        raise InvalidArgument(f"{spec.name}: this request's outputs would be {total / 2**20:.0f} MiB, over the "
+                              f"server's budget of {budget / 2**20:.0f} MiB a request (max_output_bytes)")
 
 
 def batch_groups(spec: NetworkSpec, requests: list[dict[str, np.ndarray]]) -> list[list[int]]:
@@ -109,8 +155,9 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.spec = NetworkSpec.from_dict(json.loads((version_dir / "network.json").read_text()))
         settings = ServerSettings.for_model(args)
-        settings.apply_priority()
+        prepare_stub(settings)
         self.runtime = open_runtime(version_dir, settings=settings)
+        self.max_output_bytes = settings.max_output_bytes
         self.on_device = hasattr(self.runtime, "run_tensors")
         self.output_names = [t.name for t in self.spec.outputs]
 
@@ -139,7 +186,7 @@ class TritonPythonModel:
                     tensor = pb.get_input_tensor_by_name(request, t.name)
                     if tensor is not None:
                         found[t.name] = self.spec.from_declared_shape(t, self._read(tensor))
-                validate_inputs(self.spec, found)
+                validate_inputs(self.spec, found, self.max_output_bytes)
                 arrays[i] = found
             except InvalidArgument as exc:
                 responses[i] = error_response(pb, exc)

@@ -15,6 +15,7 @@ import numpy as np
 from xsyn.errors import InvalidArgument
 from xsyn.export.specs import PipelineSpec
 from xsyn.serving.triton_errors import error_response
+from xsyn.serving.stub import prepare_stub
 from xsyn.settings import ServerSettings
 
 
@@ -33,7 +34,7 @@ class PipelineModel:
         self.pb = pb
         preload()
         self.settings = ServerSettings.for_model(args)
-        self.settings.apply_priority()
+        prepare_stub(self.settings)
         self.assets = PipelineAssets.load(Path(args["model_repository"]).parent, self.spec.needs)
         device = self.settings.device if self.settings.runtime == "torch" else "cpu"
         self.runner = BlsRunner(pb, self.assets.specs, device)
@@ -66,19 +67,28 @@ class PipelineModel:
         payload = self.pb.get_input_tensor_by_name(request, "request")
         if payload is None:
             raise InvalidArgument(f"request: missing (JSON; see the {self.spec.name} model's request schema)")
-        return bytes(payload.as_numpy().reshape(-1)[0])
+        values = payload.as_numpy().reshape(-1)
+        if values.size != 1:
+            raise InvalidArgument(f"request: {values.size} elements, expected one JSON document")
+        return bytes(values[0])
 
     def read_image(self, request) -> np.ndarray:
-        """The request's image from ``image`` (uint8 array) or ``image_bytes`` (encoded)."""
-        from xsyn.ensembles.images import check_image, decode_image
+        """The request's image from ``image`` (uint8 array) or ``image_bytes`` (encoded), refused
+        from its tensor shape or its PNG/JPEG header when over ``max_image_pixels``."""
+        from xsyn.ensembles.images import check_image, check_image_shape, decode_image
 
         array = self.pb.get_input_tensor_by_name(request, "image")
         encoded = self.pb.get_input_tensor_by_name(request, "image_bytes")
         if (array is None) == (encoded is None):
             raise InvalidArgument("image: send exactly one of `image` (uint8 [H, W, 3]) and `image_bytes` (PNG/JPEG)")
+        limit = self.settings.max_image_pixels
         if array is not None:
-            return check_image(array.as_numpy())
-        return check_image(decode_image(bytes(encoded.as_numpy().reshape(-1)[0])))
+            check_image_shape(array.shape(), "uint8", limit)  # Triton has checked the dtype
+            return check_image(array.as_numpy(), limit)
+        payload = encoded.as_numpy().reshape(-1)
+        if payload.size != 1:
+            raise InvalidArgument(f"image_bytes: {payload.size} elements, expected one encoded image")
+        return check_image(decode_image(bytes(payload[0]), limit), limit)
 
 
 def json_output(model) -> np.ndarray:

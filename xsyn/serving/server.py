@@ -3,14 +3,28 @@
 The wheel ships the server binary, its libraries and Python-backend stubs for several Python
 versions. :func:`triton_install` makes a copy whose ``backends/python`` holds the stub of the
 running interpreter (once per Python version, in the user cache). :class:`TritonServer` starts
-the binary in its own process group with model control mode ``none`` (no remote loading),
-waits until every model is ready, and stops the whole group (server and stubs) cleanly.
+the binary under :mod:`xsyn.serving.reaper` in its own process group, waits until every model is
+ready, and stops it cleanly:
+
+- model control is ``explicit`` with every model loaded at start; loading, unloading, reading
+  configs or the repository index, shared-memory registration, tracing and log settings are
+  restricted protocols that answer only requests carrying this server's key in the header
+  ``triton-grpc-protocol-xsyn-admin-key`` (gRPC) or ``xsyn-admin-key`` (HTTP) (:attr:`ServerOptions.admin_key`, random per server unless set). Health,
+  metadata, statistics and inference stay open;
+- the Python backend's shared-memory regions are named with a prefix of this server's own
+  (:attr:`TritonServer.shm_prefix`), so they can be told apart and removed whatever way the
+  server ends;
+- :meth:`TritonServer.stop` drains: the pipeline models (``xsyn``, ``apsam``) are unloaded first,
+  so new requests are refused while the ones in flight finish, up to ``grace`` seconds; then
+  the server is stopped (a request still running then gets UNAVAILABLE from its next leaf call)
+  and what is left of its process group is killed.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -19,10 +33,18 @@ import sys
 import sysconfig
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from xsyn.errors import Unavailable, XsynError
+from xsyn.serving.reaper import group_members, remove_shm, set_parent_death_signal
+
+#: Header key that opens the restricted protocols: an HTTP request sends it as it is, a gRPC
+#: request as ``triton-grpc-protocol-xsyn-admin-key`` (:data:`GRPC_ADMIN_HEADER`; Triton's rule).
+ADMIN_HEADER = "xsyn-admin-key"
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+#: Protocols (Triton's names) that only answer with the admin key.
+RESTRICTED_PROTOCOLS = ("shared-memory", "model-config", "model-repository", "trace", "logging")
 
 
 class ServerError(XsynError):
@@ -89,6 +111,12 @@ class ServerOptions:
     metrics_port: int = 8002
     log_path: Path | None = None
     startup_timeout: float = 180.0
+    #: value of the ``xsyn-admin-key`` header that opens the restricted protocols
+    admin_key: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
+    #: seconds a stop waits for in-flight pipeline requests before cancelling them
+    grace: float = 30.0
+    #: seconds Triton itself waits for in-flight leaf requests once it is told to stop
+    exit_timeout: int = 5
 
     @property
     def client_host(self) -> str:
@@ -109,20 +137,37 @@ class TritonServer:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.process: subprocess.Popen | None = None
+        self.shm_prefix = ""
         self.log_path = options.log_path or Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """gRPC headers that open the restricted protocols (model control, configs, index)."""
+        return {GRPC_ADMIN_HEADER: self.options.admin_key}
+
+    def admin_client(self):
+        """A gRPC client of this server (pass :attr:`admin_headers` to restricted calls)."""
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(self.options.grpc_url)
 
     def command(self, install: Path) -> list[str]:
         o = self.options
+        restricted = f"{','.join(RESTRICTED_PROTOCOLS)}:{ADMIN_HEADER}={o.admin_key}"
         return [
             str(install / "bin" / "tritonserver"),
             f"--model-repository={Path(o.repository).resolve()}",
             f"--backend-directory={install / 'backends'}",
-            "--model-control-mode=none",
+            "--model-control-mode=explicit", "--load-model=*",
             "--strict-readiness=true",
             "--disable-auto-complete-config",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            f"--exit-timeout-secs={o.exit_timeout}",
             f"--grpc-address={o.host}", f"--grpc-port={o.grpc_port}",
             f"--http-address={o.host}", f"--http-port={o.http_port}",
             f"--metrics-address={o.host}", f"--metrics-port={o.metrics_port}",
+            f"--grpc-restricted-protocol={restricted}",
+            f"--http-restricted-api={restricted}",
             "--allow-gpu-metrics=false",
             "--log-verbose=0",
         ]
@@ -152,9 +197,14 @@ class TritonServer:
         if not Path(o.repository).is_dir():
             raise ServerError(f"model repository {o.repository}: no such folder")
         install = triton_install()
-        log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(self.command(install), stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=self.environment(), start_new_session=True)
+        self.shm_prefix = f"xsyn_{os.getpid()}_{secrets.token_hex(4)}_"
+        log = open(self.log_path, "ab")
+        from xsyn.serving import reaper
+
+        wrapper = [sys.executable, "-I", reaper.__file__, self.shm_prefix, "--"]
+        self.process = subprocess.Popen(wrapper + self.command(install), stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env=self.environment(), start_new_session=True,
+                                        preexec_fn=set_parent_death_signal)
         log.close()
 
     def wait_until_ready(self) -> list[dict]:
@@ -172,7 +222,8 @@ class TritonServer:
                 self._fail(f"tritonserver exited with code {self.process.returncode} during start-up")
             try:
                 if client.is_server_ready():
-                    index = client.get_model_repository_index(as_json=True).get("models", [])
+                    index = client.get_model_repository_index(headers=self.admin_headers, as_json=True
+                                                              ).get("models", [])
                     if all(m.get("state") == "READY" for m in index):
                         return index
             except Exception:  # not listening yet
@@ -181,7 +232,7 @@ class TritonServer:
         self._fail(f"server not ready after {self.options.startup_timeout:.0f} s")
 
     def _fail(self, why: str):
-        self.stop()
+        self.stop(grace=0)
         failed = self.failed_models()
         detail = f"; models that failed: {', '.join(failed)}" if failed else ""
         raise ServerError(f"{why}{detail}\n--- server log errors and tail ({self.log_path}) ---\n{self.log_digest()}")
@@ -208,31 +259,84 @@ class TritonServer:
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self._log_text().splitlines()[-lines:])
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the process group (server + stubs), wait, then SIGKILL what is left."""
+    def stop(self, grace: float | None = None) -> None:
+        """Drain (see the module docstring; ``grace`` defaults to the options'), stop the server,
+        kill what is left of its process group and remove its shared-memory regions."""
         if self.process is None:
             return
+        if self.process.poll() is None:
+            self.drain(self.options.grace if grace is None else grace)
         pgid = self.process.pid
-        _signal_group(pgid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGTERM)  # the reaper passes it on to tritonserver
+            self.process.wait(timeout=self.options.exit_timeout + 30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-        deadline = time.monotonic() + 10
-        while group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if group_members(pgid):
-            _signal_group(pgid, signal.SIGKILL)
+        _signal_group(pgid, signal.SIGKILL)
         if self.process.poll() is None:
             self.process.wait(timeout=10)
+        remove_shm(self.shm_prefix)
         self.process = None
+
+    def drain(self, grace: float) -> None:
+        """Unload the pipeline models, waiting up to ``grace`` s for their in-flight requests.
+
+        While unloading, Triton refuses new requests to them and lets the running ones finish
+        (their leaf models stay loaded). Returns as soon as they are unloaded."""
+        from xsyn.export.pipelines import PIPELINES
+
+        client, headers = self.admin_client(), self.admin_headers
+        deadline = time.monotonic() + grace
+        pipelines = {p.name for p in PIPELINES}
+        try:
+            loaded = pipelines & self._model_states(client).keys()
+        except Exception:  # not answering any more: nothing left to drain
+            return
+        for name in loaded:
+            try:
+                client.unload_model(name, headers=headers, client_timeout=max(deadline - time.monotonic(), 0.1))
+            except Exception:
+                pass
+        try:
+            while time.monotonic() < deadline:
+                states = self._model_states(client)
+                if not any(states.get(name) in ("READY", "UNLOADING") for name in pipelines):
+                    return
+                time.sleep(0.1)
+        except Exception:  # not answering any more: nothing left to drain
+            return
+
+    def _model_states(self, client) -> dict[str, str]:
+        index = client.get_model_repository_index(headers=self.admin_headers, as_json=True)
+        return {m["name"]: m.get("state", "") for m in index.get("models", [])}
+
+    def stubs(self) -> dict[str, set[str]]:
+        """Live Python-backend stubs of this server: model name -> instance names (``unet_0_0``).
+
+        Read from ``/proc``: a stub's command line is ``stub MODEL_PATH SHM_REGION ... INSTANCE
+        ...`` and its shared-memory region starts with :attr:`shm_prefix`."""
+        found: dict[str, set[str]] = {}
+        if not self.shm_prefix:
+            return found
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if len(args) > 8 and state != "Z" and args[2].decode(errors="replace").startswith(self.shm_prefix):
+                model = Path(args[1].decode(errors="replace")).parent.parent.name
+                found.setdefault(model, set()).add(args[8].decode(errors="replace"))
+        return found
 
     def __enter__(self) -> "TritonServer":
         self.start()
         try:
             self.wait_until_ready()
         except BaseException:
-            self.stop()
+            self.stop(grace=0)
             raise
         return self
 
@@ -243,23 +347,12 @@ class TritonServer:
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) process ids in process group ``pgid`` (Linux ``/proc``)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+__all__ = ["ADMIN_HEADER", "GRPC_ADMIN_HEADER", "ServerError", "ServerOptions", "TritonServer", "free_port", "group_members",
+           "port_in_use", "require_server", "triton_install"]
 
 
 def require_server(url: str):

@@ -20,7 +20,7 @@ class TritonPythonModel(PipelineModel):
     def setup(self) -> None:
         from xsyn.ensembles.synthesis import Synthesizer
 
-        self.synthesizer = Synthesizer(self.runner, self.assets)
+        self.synthesizer = Synthesizer(self.runner, self.assets, self.settings)
 
     def handle(self, request) -> dict[str, np.ndarray]:
         from xsyn.api.synthesis import parse_request

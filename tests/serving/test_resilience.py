@@ -1,0 +1,161 @@
+"""Fault injection on a real `xsyn serve`: killed stubs heal, a killed tritonserver is restarted,
+SIGTERM drains, and no stop (SIGTERM, kill -9 of tritonserver, kill -9 of `xsyn serve`) leaves a
+process or a /dev/shm region behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.conftest import run_env
+from xsyn.client.sdk import Unavailable, XsynClient
+from xsyn.serving.server import free_port
+
+pytestmark = pytest.mark.slow
+IMAGE = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+QUICK = {"boxes": [[8.0, 8.0, 40.0, 40.0]], "class_names": ["Knife"], "steps": 2, "car": False, "bom_alpha": 0.0}
+
+
+class Serve:
+    """`xsyn serve` as a child process, its output collected line by line."""
+
+    def __init__(self, repo: Path, cache_home: Path, *extra: str) -> None:
+        self.ports = [free_port() for _ in range(3)]
+        self.url = f"127.0.0.1:{self.ports[0]}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "xsyn.client.cli", "serve", "--repository", str(repo),
+             "--grpc-port", str(self.ports[0]), "--http-port", str(self.ports[1]), "--metrics-port", str(self.ports[2]),
+             *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=run_env(cache_home))
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: [self.lines.append(line) for line in self.proc.stdout], daemon=True).start()
+
+    def wait_for(self, text: str, timeout: float = 150.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.proc.poll() is None or any(text in line for line in self.lines), "".join(self.lines)
+            assert time.monotonic() < deadline, f"no {text!r} in:\n{''.join(self.lines)}"
+            time.sleep(0.2)
+
+    def processes(self) -> dict[int, str]:
+        """Live processes of this server: its reaper, tritonserver and every stub."""
+        return {pid: cmd for pid, cmd in _processes().items()
+                if f"--grpc-port={self.ports[0]}" in cmd or f"_{self.proc.pid}_" in cmd}
+
+    def shm(self) -> list[str]:
+        return [name for name in os.listdir("/dev/shm") if name.startswith(f"xsyn_{self.proc.pid}_")]
+
+    def stub_pids(self, instance: str) -> list[int]:
+        return [pid for pid, cmd in self.processes().items()
+                if "triton_python_backend_stub" in cmd and cmd.split(" ")[8] == instance]
+
+
+def _processes() -> dict[int, str]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                found[int(entry.name)] = cmd
+    return found
+
+
+def _gone(check, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while check() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not check()
+
+
+def _synthesize_until_it_works(client: XsynClient, timeout: float = 60.0) -> list[str]:
+    """Keep sending a quick synthesis; returns the error classes seen before the first success."""
+    seen, deadline = [], time.monotonic() + timeout
+    while True:
+        try:
+            client.synthesize(QUICK, IMAGE)
+            return seen
+        except Exception as exc:
+            seen.append(type(exc).__name__)
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.3)
+
+
+def test_killed_stubs_and_server_heal_and_sigterm_drains(tiny_repo, cache_home):
+    serve = Serve(tiny_repo, cache_home)
+    serve.wait_for("ready from")
+    raw = grpcclient.InferenceServerClient(serve.url)
+    with XsynClient(serve.url, retries=0) as client:
+        client.synthesize(QUICK, IMAGE)
+        for instance, model in (("unet_0_0", "unet"), ("xsyn_0_0", "xsyn"), ("apsam_0_0", "apsam")):
+            before = serve.stub_pids(instance)
+            os.kill(before[0], signal.SIGKILL)
+            serve.wait_for(f"model {model}: ready again", timeout=90)
+            assert serve.stub_pids(instance) and serve.stub_pids(instance) != before
+            assert raw.is_server_ready() and raw.is_model_ready(model)  # health tells the truth again
+            assert set(_synthesize_until_it_works(client)) <= {"Unavailable"}
+        embedded = client.embed(IMAGE)  # the reloaded apsam serves clicks
+        assert client.segment(embedded.key, [[30.0, 30.0]], [1]).response.masks
+
+        # a request in flight while a leaf's stub dies is answered UNAVAILABLE (retryable), never INTERNAL
+        call = client.submit({**QUICK, "steps": 400}, IMAGE)
+        time.sleep(1.0)
+        os.kill(serve.stub_pids("unet_0_0")[0], signal.SIGKILL)
+        with pytest.raises(Unavailable):
+            call.result(timeout=60)
+        serve.wait_for("model unet: ready again", timeout=90)
+
+        # tritonserver killed: the reaper removes its stubs and shared memory, xsyn serve restarts it
+        triton = [pid for pid, cmd in serve.processes().items() if cmd.split(" ")[0].endswith("/bin/tritonserver")]
+        old_shm = serve.shm()
+        os.kill(triton[0], signal.SIGKILL)
+        serve.wait_for("tritonserver restarted", timeout=150)
+        assert not set(old_shm) & set(serve.shm())
+        assert set(_synthesize_until_it_works(client)) <= {"Unavailable"}
+
+        # SIGTERM with a request in flight: it finishes (within the grace), then everything is gone
+        call = client.submit({**QUICK, "steps": 30}, IMAGE)
+        time.sleep(0.5)
+        serve.proc.send_signal(signal.SIGTERM)
+        assert call.result(timeout=60).image.shape == IMAGE.shape
+    assert serve.proc.wait(timeout=60) == 0
+    assert _gone(serve.processes), serve.processes()
+    assert serve.shm() == []
+
+
+def test_sigterm_past_the_grace_answers_unavailable_and_exits_promptly(tiny_repo, cache_home):
+    serve = Serve(tiny_repo, cache_home, "--grace", "1")
+    serve.wait_for("ready from")
+    with XsynClient(serve.url, retries=0) as client:
+        client.synthesize(QUICK, IMAGE)
+        call = client.submit({**QUICK, "steps": 200}, IMAGE)  # the most a request may ask for: much longer than the grace
+        time.sleep(1.0)
+        start = time.monotonic()
+        serve.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(Unavailable):
+            call.result(timeout=60)
+    assert serve.proc.wait(timeout=60) == 0
+    assert time.monotonic() - start < 1 + 15, "exit within the grace and a few seconds"
+    assert _gone(serve.processes), serve.processes()
+    assert serve.shm() == []
+
+
+def test_kill_9_of_xsyn_serve_leaves_no_orphans_and_no_shm(tiny_repo, cache_home):
+    serve = Serve(tiny_repo, cache_home)
+    serve.wait_for("ready from")
+    assert len(serve.processes()) >= 10 and serve.shm()
+    serve.proc.kill()
+    serve.proc.wait()
+    assert _gone(serve.processes, timeout=30), serve.processes()
+    assert serve.shm() == []
