@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from xsyn.export.specs import NetworkSpec, TensorSpec
@@ -55,3 +57,23 @@ def test_dict_roundtrip():
 
     spec = _spec(dynamic_batching=DynamicBatching((2, 4), 100), extra=(("k", "v"),))
     assert NetworkSpec.from_dict(json.loads(spec.to_json())) == spec
+
+
+def test_the_served_model_names_clients_ask_about_are_the_specs():
+    from xsyn.api.models import LEAF_MODELS, PIPELINE_MODELS
+    from xsyn.export.networks import NETWORK_NAMES
+    from xsyn.export.pipelines import PIPELINES
+
+    assert set(LEAF_MODELS) == set(NETWORK_NAMES)
+    assert PIPELINE_MODELS == tuple(p.name for p in PIPELINES)
+
+
+def test_value_contracts_survive_the_json_round_trip(tiny_bundle):
+    from xsyn.export.networks import select_networks
+    from xsyn.export.specs import NetworkSpec
+
+    for net in select_networks(tiny_bundle):
+        assert NetworkSpec.from_dict(json.loads(net.spec.to_json())) == net.spec
+    decoder = select_networks(tiny_bundle, only=("sam_decoder",))[0].spec
+    labels = next(t for t in decoder.inputs if t.name == "point_labels")
+    assert labels.choices == (-1, 0, 1, 2, 3) and decoder.value_dims[0] == ("orig_h", "orig_im_size", 0)

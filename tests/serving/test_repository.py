@@ -36,8 +36,9 @@ def test_container_target_uses_native_backends(tiny_bundle):
 
 
 def test_pipeline_models_are_generated_from_their_specs():
-    from xsyn.export.pipelines import PIPELINES
-    from xsyn.serving.repository import pipeline_config, pipeline_shim
+    from xsyn.export.pipelines import PIPELINES, XSYN
+    from xsyn.serving.repository import pipeline_config, pipeline_instances, pipeline_shim
+    from xsyn.settings import ServerSettings
 
     for spec in PIPELINES:
         folder = ROOT / "model_repository" / spec.name
@@ -46,8 +47,11 @@ def test_pipeline_models_are_generated_from_their_specs():
         config = pipeline_config(spec)
         assert [i.name for i in config.input] == [t.name for t in spec.inputs]
         assert [i.name for i in config.input if i.optional] == list(spec.optional_inputs)
-        assert config.instance_group[0].count == spec.instance_count
+        assert config.instance_group[0].count == pipeline_instances(spec, ServerSettings())
         assert spec.module in pipeline_shim(spec)
+    assert pipeline_instances(XSYN, ServerSettings()) == 2  # leaf graphs on the CPU: 2 cores' worth
+    assert pipeline_instances(XSYN, ServerSettings(runtime="torch", device="cuda:0")) == 4
+    assert pipeline_instances(XSYN, ServerSettings(synthesis_instances=3)) == 3
 
 
 def test_manifest_states_the_profile_and_the_unet_spec_sets_the_object_limit(tiny_repo):

@@ -109,7 +109,7 @@ def test_killed_stubs_and_server_heal_and_sigterm_drains(tiny_repo, cache_home):
         assert client.segment(embedded.key, [[30.0, 30.0]], [1]).response.masks
 
         # a request in flight while a leaf's stub dies is answered UNAVAILABLE (retryable), never INTERNAL
-        call = client.submit({**QUICK, "steps": 400}, IMAGE)
+        call = client.submit({**QUICK, "steps": 200}, IMAGE)
         time.sleep(1.0)
         os.kill(serve.stub_pids("unet_0_0")[0], signal.SIGKILL)
         with pytest.raises(Unavailable):

@@ -66,7 +66,8 @@ def runtime_settings(args: argparse.Namespace) -> ServerSettings:
 
     try:
         settings = ServerSettings(runtime=args.runtime, device=args.device, precision=args.precision,
-                                  torch_compile=args.torch_compile)
+                                  torch_compile=args.torch_compile,
+                                  synthesis_instances=ServerSettings.load().synthesis_instances)
     except ValidationError as exc:
         first = exc.errors()[0]
         flag = str(first["loc"][0]).replace("_", "-") if first["loc"] else "runtime"

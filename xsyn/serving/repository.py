@@ -85,17 +85,30 @@ def pipeline_config(spec: PipelineSpec, runtime: ServerSettings | None = None) -
 
     ``runtime``: the leaf models' runtime and device; with the torch runtime the pipeline keeps
     its denoising loop's tensors on that device."""
+    runtime = runtime or ServerSettings()
     config = mc.ModelConfig(name=spec.name, backend="python", max_batch_size=0)
     config.version_policy.latest.num_versions = 1
     for t in spec.inputs:
         _add_tensor(config.input, t, spec.declared_dims(t), optional=t.name in spec.optional_inputs)
     for t in spec.outputs:
         _add_tensor(config.output, t, spec.declared_dims(t))
-    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=spec.instance_count)
-    for key, value in (*spec.parameters, *(runtime or ServerSettings()).model_parameters().items()):
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=pipeline_instances(spec, runtime))
+    for key, value in (*spec.parameters, *runtime.model_parameters().items()):
         config.parameters[key].string_value = value
     config.parameters["priority"].string_value = "interactive" if spec.interactive else "batch"
     return config
+
+
+def pipeline_instances(spec: PipelineSpec, runtime: ServerSettings) -> int:
+    """Instances of a pipeline model: ``synthesis_instances`` when set (for a pipeline that has a
+    CPU count, i.e. scales with concurrency), else its GPU count with the torch runtime on CUDA
+    and its CPU count otherwise."""
+    if spec.cpu_instance_count is None:
+        return spec.instance_count
+    if runtime.synthesis_instances:
+        return runtime.synthesis_instances
+    on_gpu = runtime.runtime == "torch" and runtime.device.startswith("cuda")
+    return spec.instance_count if on_gpu else spec.cpu_instance_count
 
 
 def pipeline_shim(spec: PipelineSpec) -> str:
