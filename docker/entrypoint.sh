@@ -20,11 +20,18 @@ prepare() {
   xsyn repository --repository "$MODELS" --target container --engine "$ENGINE"
 }
 
+# Model control, configs, the repository index, shared memory, logging and trace answer only
+# requests carrying XSYN_ADMIN_KEY (gRPC header triton-grpc-protocol-xsyn-admin-key, HTTP header
+# xsyn-admin-key); without it set, a random key nobody knows keeps them closed.
+ADMIN_KEY="${XSYN_ADMIN_KEY:-$(cat /proc/sys/kernel/random/uuid)}"
+RESTRICTED="shared-memory,model-config,model-repository,trace,logging:xsyn-admin-key=$ADMIN_KEY"
+
 case "${1:-serve}" in
   prepare) prepare ;;
   serve)
     prepare
     exec tritonserver --model-repository="$MODELS" --model-control-mode=none --strict-readiness=true \
-      --grpc-port=8001 --http-port=8000 --metrics-port=8002 ;;
+      --grpc-restricted-protocol="$RESTRICTED" --http-restricted-api="$RESTRICTED" \
+      --exit-timeout-secs="${XSYN_GRACE:-30}" --grpc-port=8001 --http-port=8000 --metrics-port=8002 ;;
   *) exec "$@" ;;
 esac

@@ -127,6 +127,9 @@ class Annotator:
                            max_masks=self.settings.max_masks, **overrides)
         sam = SamImage.from_embedding(self.runner, entry.embedding, (h, w), self.assets.sam_size, entry.mask_tokens)
         found = generate_masks(sam, settings)
-        outs = [MaskOut(rle=rle_encode(m.segmentation), polygons=polygons(m.segmentation), score=m.predicted_iou,
-                        box=list(m.box), area=m.area) for m in found]
+        outs = []
+        for m in found:  # one full-size mask decoded at a time
+            seg = m.segmentation
+            outs.append(MaskOut(rle=rle_encode(seg), polygons=polygons(seg), score=m.predicted_iou, box=list(m.box),
+                                area=m.area))
         return AnnotationResponse(op="generate", key=req.key, mode=entry.mode, image_size=[w, h], masks=outs)

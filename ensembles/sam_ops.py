@@ -161,22 +161,35 @@ class AmgSettings:
 
 @dataclass
 class AutoMask:
-    """One generated mask: bool ``segmentation [H, W]``, ``box`` xyxy pixels (inclusive max + 1)."""
+    """One generated mask: ``box`` xyxy pixels (inclusive max + 1) and its bool ``segmentation [H, W]``.
 
-    segmentation: np.ndarray
+    The mask is kept as ``rle`` (segment_anything's uncompressed RLE) and decoded on each access of
+    :attr:`segmentation` (``mask`` holds it instead when given): 256 full-size masks of a 16 MP
+    image would be 4 GB held at once; decoded one by one, a request needs one mask's worth."""
+
     area: int
     box: tuple[float, float, float, float]
     predicted_iou: float
     stability_score: float
     point: tuple[float, float]
+    rle: dict | None = None
+    mask: np.ndarray | None = None
+
+    @property
+    def segmentation(self) -> np.ndarray:
+        if self.mask is not None:
+            return self.mask
+        from segment_anything.utils.amg import rle_to_mask
+
+        return rle_to_mask(self.rle)
 
 
 def generate_masks(sam_image: SamImage, settings: AmgSettings) -> list[AutoMask]:
     """Grid of single-point prompts -> IoU / stability filters -> box NMS (``segment_anything.utils.amg``),
     on the runner's device: the decoder's low-res logits, their upscaling and the filters stay there."""
     from segment_anything.utils.amg import (
-        MaskData, batch_iterator, batched_mask_to_box, build_point_grid, calculate_stability_score,
-        is_box_near_crop_edge, mask_to_rle_pytorch, rle_to_mask,
+        MaskData, area_from_rle, batch_iterator, batched_mask_to_box, build_point_grid, calculate_stability_score,
+        is_box_near_crop_edge, mask_to_rle_pytorch,
     )
     from torchvision.ops.boxes import batched_nms
 
@@ -218,10 +231,10 @@ def generate_masks(sam_image: SamImage, settings: AmgSettings) -> list[AutoMask]
     data.filter(keep[: settings.max_masks])  # batched_nms orders by score
     out = []
     for i in range(len(data["rles"])):
-        seg = rle_to_mask(data["rles"][i])
         x0, y0, x1, y1 = (float(v) for v in data["boxes"][i])
-        out.append(AutoMask(seg, int(seg.sum()), (x0, y0, x1 + 1, y1 + 1), float(data["iou_preds"][i]),
-                            float(data["stability_score"][i]), tuple(float(v) for v in data["points"][i])))
+        out.append(AutoMask(area=int(area_from_rle(data["rles"][i])), box=(x0, y0, x1 + 1, y1 + 1),
+                            predicted_iou=float(data["iou_preds"][i]), stability_score=float(data["stability_score"][i]),
+                            point=tuple(float(v) for v in data["points"][i]), rle=data["rles"][i]))
     if settings.split_components:
         out = [part for m in out for part in _components(m, settings.min_component_area)]
     return out
@@ -250,5 +263,6 @@ def _components(mask: AutoMask, min_area: int) -> list[AutoMask]:
         if area >= max(min_area, 1):
             ys, xs = found
             box = (float(xs.start), float(ys.start), float(xs.stop), float(ys.stop))
-            parts.append(AutoMask(component, area, box, mask.predicted_iou, mask.stability_score, mask.point))
+            parts.append(AutoMask(area=area, box=box, predicted_iou=mask.predicted_iou,
+                                  stability_score=mask.stability_score, point=mask.point, mask=component))
     return parts

@@ -36,8 +36,8 @@ XSYN = PipelineSpec(
              TensorSpec("attention_maps", "uint8", ("items", "height", "width"), "per item; empty unless asked")),
     optional_inputs=("image", "image_bytes"),
     needs=SYNTHESIS_GRAPHS,
-    instance_count=4,      # on a GPU: concurrent requests' UNet steps meet in its batcher
-    cpu_instance_count=2,  # on 2 CPU cores 4 gave 1.21x the throughput of 1, for 4 stubs of ~1 GB
+    instance_count=4,  # concurrent requests' UNet steps meet in its dynamic batcher
+    instances_setting="synthesis_instances",
     description="Xsyn synthesis: GLIGEN inpainting, CAR, BOM over BLS calls to the leaf graphs",
 )
 

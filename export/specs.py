@@ -191,9 +191,8 @@ class PipelineSpec:
         needs: leaf graphs it calls; the model is generated only when all were exported.
         instance_count: Triton instance-group count (several let concurrent requests' UNet
             steps meet in the UNet's dynamic batcher).
-        cpu_instance_count: the count when the leaf graphs run on the CPU, or None for the same:
-            there concurrency is bounded by the cores, and each instance is a stub process with
-            torch imported (see ``ServerSettings.synthesis_instances``).
+        instances_setting: the :class:`~xsyn.settings.ServerSettings` field that overrides
+            ``instance_count`` when non-zero (each instance is a stub process of ~1 GB), or "".
         parameters: config parameters (``name``, default value) the model reads at start-up;
             :class:`xsyn.settings.ServerSettings` documents them.
         optional_graphs: leaf graphs it calls when they were exported (APSAM's energy encoder).
@@ -209,7 +208,7 @@ class PipelineSpec:
     optional_inputs: tuple[str, ...]
     needs: tuple[str, ...]
     instance_count: int = 1
-    cpu_instance_count: int | None = None
+    instances_setting: str = ""
     parameters: tuple[tuple[str, str], ...] = ()
     optional_graphs: tuple[str, ...] = ()
     interactive: bool = False

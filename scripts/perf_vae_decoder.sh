@@ -22,9 +22,11 @@ if [ ! -x "$PA" ]; then
   ln -sf "$LIBS"/libcudart-*.so.12* "$TOOLS/libs/libcudart.so.12"
 fi
 read -r GRPC HTTP METRICS < <($BIN/python -c 'from xsyn.serving.server import free_port as f; print(f(), f(), f())')
-$BIN/xsyn serve --preset tiny --grpc-port "$GRPC" --http-port "$HTTP" --metrics-port "$METRICS" &
+KEY="$TOOLS/admin.key"  # perf_analyzer reads the model's config: a restricted protocol
+$BIN/xsyn serve --preset tiny --grpc-port "$GRPC" --http-port "$HTTP" --metrics-port "$METRICS" --admin-key-file "$KEY" &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 120); do $BIN/xsyn health --url "127.0.0.1:$GRPC" >/dev/null 2>&1 && break; sleep 1; done
 LD_LIBRARY_PATH="$TOOLS/libs:$LIBS" "$PA" -m vae_decoder -u "127.0.0.1:$GRPC" -i grpc \
+  -H "triton-grpc-protocol-xsyn-admin-key:$(cat "$KEY")" \
   --input-data zero --concurrency-range 1:4 --measurement-interval 3000 --max-trials 5 "$@"

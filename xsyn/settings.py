@@ -32,8 +32,8 @@ field                       environment variable         meaning
                                                          (written by ``xsyn repository``)
 ``synthesis_instances``     ``XSYN_SYNTHESIS_INSTANCES`` instances of the ``xsyn`` pipeline (read
                                                          by ``xsyn serve`` / ``xsyn repository``);
-                                                         0 = 4 with the torch runtime on CUDA, 2
-                                                         on the CPU (each is a ~1 GB stub)
+                                                         0 = the spec's 4; each is a stub of
+                                                         ~0.4 GB PSS (docs/measurements.md)
 ``max_steps``               ``XSYN_MAX_STEPS``           per-request budget: denoising steps of
                                                          one synthesis (default 200)
 ``max_output_bytes``        ``XSYN_MAX_OUTPUT_BYTES``    per-request budget: bytes of outputs a
@@ -75,7 +75,7 @@ class ServerSettings(BaseModel):
     torch_compile: bool = Field(False, description="torch.compile the exported program at load")
     batch_nice: int = Field(10, ge=0, le=19, description="CPU niceness of batch (non-interactive) models")
     priority: Literal["interactive", "batch"] = Field("interactive", description="this model's class")
-    synthesis_instances: int = Field(0, ge=0, le=64, description="xsyn pipeline instances; 0 = by device")
+    synthesis_instances: int = Field(0, ge=0, le=64, description="xsyn pipeline instances; 0 = the spec's")
     max_steps: int = Field(200, ge=1, le=MAX_STEPS, description="denoising steps a synthesis may ask for")
     max_output_bytes: int = Field(512 * 2**20, ge=2**20, description="output bytes a leaf request may produce")
     max_image_pixels: int = Field(MAX_PIXELS, ge=MIN_SIDE**2, le=MAX_PIXELS, description="pixels of a request image")

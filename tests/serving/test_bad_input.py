@@ -149,3 +149,35 @@ def test_an_unknown_key_is_not_found_and_restricted_protocols_need_the_key(tiny_
     assert client.get_model_config("unet", headers=tiny_server.admin_headers)  # the operator's key opens it
     assert client.is_model_ready("unet")  # health, metadata and inference stay open
     assert client.get_model_metadata("xsyn")
+
+
+def _stub_memory(server, model: str) -> tuple[int, int]:
+    """(current RSS, peak RSS) bytes of ``model``'s stub of this server."""
+    from pathlib import Path
+
+    for entry in Path("/proc").iterdir():
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            if len(args) > 8 and args[2].decode().startswith(server.shm_prefix) and f"/{model}/1/".encode() in args[1]:
+                status = dict(line.split(":", 1) for line in (entry / "status").read_text().splitlines())
+                return int(status["VmRSS"].split()[0]) * 1024, int(status["VmHWM"].split()[0]) * 1024
+        except (OSError, ValueError):
+            continue
+    raise AssertionError(f"no {model} stub")
+
+
+def test_automatic_masks_on_a_large_image_stay_within_the_memory_budget(tiny_server):
+    from xsyn.client.sdk import XsynClient
+
+    yy, xx = np.mgrid[0:2048, 0:2048]
+    image = np.stack([(xx // 7) % 256, (yy // 5) % 256, ((xx + yy) // 9) % 256], axis=-1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG")
+    rss_before, _ = _stub_memory(tiny_server, "apsam")
+    with XsynClient(tiny_server.options.grpc_url) as client:
+        key = client.embed(buf.getvalue()).key
+        found = client.generate_masks(key)
+    _, peak = _stub_memory(tiny_server, "apsam")
+    # before the budget, one batch of 64 points held 64 x 3 x 2048 x 2048 float32 logits (3 GiB)
+    assert peak - rss_before < 1024 * 2**20, f"apsam stub peaked {(peak - rss_before) / 2**20:.0f} MiB over its RSS"
+    assert found.image_size == [2048, 2048] and len(found.masks) <= 256

@@ -49,9 +49,8 @@ def test_pipeline_models_are_generated_from_their_specs():
         assert [i.name for i in config.input if i.optional] == list(spec.optional_inputs)
         assert config.instance_group[0].count == pipeline_instances(spec, ServerSettings())
         assert spec.module in pipeline_shim(spec)
-    assert pipeline_instances(XSYN, ServerSettings()) == 2  # leaf graphs on the CPU: 2 cores' worth
-    assert pipeline_instances(XSYN, ServerSettings(runtime="torch", device="cuda:0")) == 4
-    assert pipeline_instances(XSYN, ServerSettings(synthesis_instances=3)) == 3
+    assert pipeline_instances(XSYN, ServerSettings()) == 4
+    assert pipeline_instances(XSYN, ServerSettings(synthesis_instances=2)) == 2
 
 
 def test_manifest_states_the_profile_and_the_unet_spec_sets_the_object_limit(tiny_repo):

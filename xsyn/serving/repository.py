@@ -100,15 +100,9 @@ def pipeline_config(spec: PipelineSpec, runtime: ServerSettings | None = None) -
 
 
 def pipeline_instances(spec: PipelineSpec, runtime: ServerSettings) -> int:
-    """Instances of a pipeline model: ``synthesis_instances`` when set (for a pipeline that has a
-    CPU count, i.e. scales with concurrency), else its GPU count with the torch runtime on CUDA
-    and its CPU count otherwise."""
-    if spec.cpu_instance_count is None:
-        return spec.instance_count
-    if runtime.synthesis_instances:
-        return runtime.synthesis_instances
-    on_gpu = runtime.runtime == "torch" and runtime.device.startswith("cuda")
-    return spec.instance_count if on_gpu else spec.cpu_instance_count
+    """Instances of a pipeline model: its ``instances_setting`` when set (non-zero), else its spec's."""
+    override = getattr(runtime, spec.instances_setting) if spec.instances_setting else 0
+    return override or spec.instance_count
 
 
 def pipeline_shim(spec: PipelineSpec) -> str:
