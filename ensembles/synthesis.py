@@ -331,11 +331,13 @@ class Synthesizer:
         return out
 
 
-def preload() -> None:
+def preload(synthesis: bool = True) -> None:
     """Import what the stages import lazily, so a model instance pays for it at start-up, not on
     its first request (with 4 instances that was 1.6 s on each instance's first request), and
-    in-process jobs do not race lazy imports across their threads."""
-    from diffusers import DDIMScheduler  # noqa: F401  (resolving diffusers' lazy attribute races across threads)
+    in-process jobs do not race lazy imports across their threads. ``synthesis=False``: only
+    what annotation needs (SAM's mask tools), not the scheduler and the tokenizer's stack."""
+    if synthesis:
+        from diffusers import DDIMScheduler  # noqa: F401  (resolving diffusers' lazy attribute races across threads)
     import pycocotools.mask  # noqa: F401
     import scipy.ndimage  # noqa: F401
     import segment_anything.utils.amg  # noqa: F401

@@ -108,3 +108,18 @@ def _env(cache_home: Path) -> dict:
 
 
 run_env = _env
+
+
+def live_processes() -> dict[int, str]:
+    """Every live (non-zombie) process on this machine: pid -> command line (space-joined)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                found[int(entry.name)] = cmd
+    return found

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.conftest import run_env
+from tests.conftest import live_processes, run_env
 from xsyn.client.sdk import Unavailable, XsynClient
 from xsyn.serving.server import free_port
 
@@ -47,7 +47,7 @@ class Serve:
 
     def processes(self) -> dict[int, str]:
         """Live processes of this server: its reaper, tritonserver and every stub."""
-        return {pid: cmd for pid, cmd in _processes().items()
+        return {pid: cmd for pid, cmd in live_processes().items()
                 if f"--grpc-port={self.ports[0]}" in cmd or f"_{self.proc.pid}_" in cmd}
 
     def shm(self) -> list[str]:
@@ -56,20 +56,6 @@ class Serve:
     def stub_pids(self, instance: str) -> list[int]:
         return [pid for pid, cmd in self.processes().items()
                 if "triton_python_backend_stub" in cmd and cmd.split(" ")[8] == instance]
-
-
-def _processes() -> dict[int, str]:
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if state != "Z":
-                found[int(entry.name)] = cmd
-    return found
 
 
 def _gone(check, timeout: float = 20.0) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_env
+from tests.conftest import live_processes, run_env
 from xsyn.serving.server import ServerError, ServerOptions, TritonServer, free_port, group_members
 
 pytestmark = pytest.mark.slow
@@ -20,17 +20,8 @@ pytestmark = pytest.mark.slow
 
 def _processes_mentioning(text: str) -> list[str]:
     """Live tritonserver / Python-backend stub processes whose command line names ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if text in cmd and state != "Z" and ("tritonserver" in cmd or "triton_python_backend_stub" in cmd):
-                found.append(f"{entry.name}: {cmd[:120]}")
-    return found
+    return [f"{pid}: {cmd[:120]}" for pid, cmd in live_processes().items()
+            if text in cmd and ("tritonserver" in cmd or "triton_python_backend_stub" in cmd)]
 
 
 def _serve(repo, ports, cache_home):

@@ -15,6 +15,7 @@ from xsyn.serving.pipeline_model import PipelineModel, json_output
 
 class TritonPythonModel(PipelineModel):
     spec = APSAM
+    synthesizes = False
 
     def setup(self) -> None:
         from xsyn.ensembles.annotation import Annotator

@@ -23,6 +23,8 @@ class PipelineModel:
     """Base of a pipeline model's ``TritonPythonModel``."""
 
     spec: PipelineSpec
+    #: whether it runs the synthesis stages (their imports are paid at start-up)
+    synthesizes: bool = True
 
     def initialize(self, args: dict) -> None:
         import triton_python_backend_utils as pb
@@ -32,7 +34,7 @@ class PipelineModel:
         from xsyn.ensembles.synthesis import preload
 
         self.pb = pb
-        preload()
+        preload(self.synthesizes)
         self.settings = ServerSettings.for_model(args)
         prepare_stub(self.settings)
         self.assets = PipelineAssets.load(Path(args["model_repository"]).parent, self.spec.needs)
