@@ -121,7 +121,7 @@ def _instance(pid: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from xsyn.serving.repository import write_repository
-    from xsyn.serving.server import ServerOptions, TritonServer, free_port
+    from xsyn.serving.server import ServerOptions, TritonServer, free_port, group_members
     from xsyn.serving.supervisor import Supervisor
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -161,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     for t in threads:
         t.join(120)
     samples.append({"t_s": round(time.monotonic() - start, 1), **server_memory(server)})
+    prefix, group = server.shm_prefix, server.process.pid
+    stop_start = time.monotonic()
     supervisor.stop()
+    stopped = {"seconds": round(time.monotonic() - stop_start, 1),
+               "processes_left": len(group_members(group)),
+               "shm_left": len(list(Path("/dev/shm").glob(prefix + "*")))}
 
     # warm-up: the first third of the run (and the minute after a stub kill: the model reloads)
     settle = max(args.minutes * 60 / 3, (killed["t_s"] + 60) if killed else 0)
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                            "n": len(v)} for k, v in stats["latency_ms"].items() if v},
         "memory_at_start": samples[0], "memory_after_warmup": warm, "memory_at_end": samples[-1],
         "pss_growth_after_warmup_mib": round(samples[-1]["pss_mib"] - warm["pss_mib"], 1),
-        "stub_killed": killed, "supervisor_events": supervisor.events, "samples": samples,
+        "stub_killed": killed, "supervisor_events": supervisor.events, "stop": stopped, "samples": samples,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "soak.json").write_text(json.dumps(report, indent=2))
@@ -197,6 +202,9 @@ def markdown(r: dict) -> str:
               f"| server RSS (summed, shared pages counted per process) at start | {start['rss_mib']} MiB |"]
     if r["stub_killed"]:
         lines.append(f"| unet stub SIGKILLed at | {r['stub_killed']['t_s']} s |")
+    stop = r["stop"]
+    lines.append(f"| stop (drain, idle by then) | {stop['seconds']} s; {stop['processes_left']} processes and "
+                 f"{stop['shm_left']} /dev/shm regions left |")
     lines += ["", "PSS at start by model (MiB):", "",
               "| model | PSS |", "|---|---|"] + [f"| {k} | {v} |" for k, v in start["pss_by_model_mib"].items()]
     if r["supervisor_events"]:

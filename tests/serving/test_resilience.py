@@ -145,3 +145,23 @@ def test_kill_9_of_xsyn_serve_leaves_no_orphans_and_no_shm(tiny_repo, cache_home
     serve.proc.wait()
     assert _gone(serve.processes, timeout=30), serve.processes()
     assert serve.shm() == []
+
+
+def test_a_crash_loop_gives_up_with_a_clear_line_and_leaves_nothing(tiny_repo, tmp_path):
+    from xsyn.serving.server import ServerOptions, TritonServer, group_members
+    from xsyn.serving.supervisor import Supervisor
+
+    options = ServerOptions(repository=tiny_repo, grpc_port=free_port(), http_port=free_port(),
+                            metrics_port=free_port(), log_path=tmp_path / "triton.log")
+    server = TritonServer(options)
+    server.start()
+    server.wait_until_ready()
+    supervisor = Supervisor(server, max_restarts=0).start()  # the first exit already counts as a loop
+    group, prefix = server.process.pid, server.shm_prefix
+    triton = [pid for pid in group_members(group) if live_processes().get(pid, "").split(" ")[0].endswith("tritonserver")]
+    os.kill(triton[0], signal.SIGKILL)
+    assert _gone(lambda: supervisor.running, timeout=30)
+    assert supervisor.failure and "giving up" in supervisor.failure and str(options.log_path) in supervisor.failure
+    assert group_members(group) == []
+    assert list(Path("/dev/shm").glob(prefix + "*")) == []
+    supervisor.stop()
