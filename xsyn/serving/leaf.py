@@ -84,7 +84,7 @@ def _check_values(spec: NetworkSpec, t, a) -> None:
     """Finite floats, then the input's value range or choices (one reduction each)."""
     if _dtype_name(a).startswith("float") and not _all_finite(a):
         raise InvalidArgument(f"{spec.name}: input {t.name!r} holds NaN or infinite values")
-    if a.numel() == 0 if hasattr(a, "numel") else a.size == 0:
+    if (a.numel() if hasattr(a, "numel") else a.size) == 0:  # torch tensor or numpy array
         return
     if t.values is not None:
         lo, hi = (float(v) for v in (a.min(), a.max()))

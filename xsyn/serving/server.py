@@ -8,8 +8,9 @@ ready, and stops it cleanly:
 
 - model control is ``explicit`` with every model loaded at start; loading, unloading, reading
   configs or the repository index, shared-memory registration, tracing and log settings are
-  restricted protocols that answer only requests carrying this server's key in the header
-  ``triton-grpc-protocol-xsyn-admin-key`` (gRPC) or ``xsyn-admin-key`` (HTTP) (:attr:`ServerOptions.admin_key`, random per server unless set). Health,
+  restricted protocols that answer only requests carrying this server's key
+  (:attr:`ServerOptions.admin_key`, random per server unless set) in the header
+  ``triton-grpc-protocol-xsyn-admin-key`` (gRPC) or ``xsyn-admin-key`` (HTTP). Health,
   metadata, statistics and inference stay open;
 - the Python backend's shared-memory regions are named with a prefix of this server's own
   (:attr:`TritonServer.shm_prefix`), so they can be told apart and removed whatever way the
@@ -37,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xsyn.errors import Unavailable, XsynError
-from xsyn.serving.reaper import group_members, remove_shm, set_parent_death_signal
+# group_members is re-exported: callers and tests find it beside the server
+from xsyn.serving.reaper import group_members, remove_shm, set_parent_death_signal  # noqa: F401
 
 #: Header key that opens the restricted protocols: an HTTP request sends it as it is, a gRPC
 #: request as ``triton-grpc-protocol-xsyn-admin-key`` (:data:`GRPC_ADMIN_HEADER`; Triton's rule).
@@ -349,10 +351,6 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-__all__ = ["ADMIN_HEADER", "GRPC_ADMIN_HEADER", "ServerError", "ServerOptions", "TritonServer", "free_port", "group_members",
-           "port_in_use", "require_server", "triton_install"]
 
 
 def require_server(url: str):
