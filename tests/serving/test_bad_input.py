@@ -149,6 +149,25 @@ def test_an_unknown_key_is_not_found_and_restricted_protocols_need_the_key(tiny_
     assert client.get_model_config("unet", headers=tiny_server.admin_headers)  # the operator's key opens it
     assert client.is_model_ready("unet")  # health, metadata and inference stay open
     assert client.get_model_metadata("xsyn")
+    _http_restricted(tiny_server)
+
+
+def _http_restricted(server) -> None:
+    """The HTTP endpoint: the same protocols closed, opened by the ``xsyn-admin-key`` header."""
+    import urllib.error
+    import urllib.request
+
+    from xsyn.serving.server import ADMIN_HEADER
+
+    base = f"http://127.0.0.1:{server.options.http_port}"
+    for path, body in (("/v2/repository/index", b"{}"), ("/v2/logging", b'{"log_verbose_level": 1}')):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(base + path, data=body, method="POST"), timeout=10)
+        assert refused.value.code == 403 and b"restricted" in refused.value.read()
+    opened = urllib.request.Request(base + "/v2/repository/index", data=b"{}", method="POST",
+                                    headers={ADMIN_HEADER: server.options.admin_key})
+    with urllib.request.urlopen(opened, timeout=10) as answer:
+        assert {m["name"] for m in json.loads(answer.read())} >= {"xsyn", "apsam", "unet"}
 
 
 def _stub_memory(server, model: str) -> tuple[int, int]:
