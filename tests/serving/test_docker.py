@@ -20,6 +20,9 @@ def test_compose_file_parses_and_reserves_one_gpu():
     assert service["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert all(p.startswith("127.0.0.1:") for p in service["ports"])
     assert "xsyn-models:/models" in service["volumes"]
+    assert service["restart"] == "unless-stopped"
+    grace, stop = int(service["environment"]["XSYN_GRACE"]), int(service["stop_grace_period"].rstrip("s"))
+    assert stop > grace, "Docker must not SIGKILL the drain"
 
 
 def test_dockerfile_is_pinned_and_its_entry_exists():
