@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def run_serve(args: argparse.Namespace) -> int:
         stop["requested"] = True
 
     previous = signal.signal(signal.SIGTERM, request_stop)
-    supervisor = None
+    supervisor, failure = None, None
     try:
         server.start()
         index = server.wait_until_ready()
@@ -139,8 +140,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 print(f"xsyn serve: {line}", flush=True)
             shown = len(supervisor.events)
             time.sleep(0.2)
-        if supervisor.failure:
-            raise XsynError(f"{supervisor.failure}\nlog tail:\n{server.log_tail()}")
+        failure = supervisor.failure
     except KeyboardInterrupt:
         pass
     finally:
@@ -149,6 +149,9 @@ def run_serve(args: argparse.Namespace) -> int:
         start = time.monotonic()
         (supervisor.stop() if supervisor is not None else server.stop())
         print(f"xsyn serve: stopped after {time.monotonic() - start:.1f} s", flush=True)
+    if failure:  # a crash loop: the server, not the command line, is at fault
+        print(f"xsyn: error: {failure}\nlog tail:\n{server.log_tail()}", file=sys.stderr)
+        return 1
     return 0
 
 
