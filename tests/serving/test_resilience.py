@@ -58,6 +58,23 @@ class Serve:
                 if "triton_python_backend_stub" in cmd and cmd.split(" ")[8] == instance]
 
 
+@pytest.fixture
+def start_serve(tiny_repo, cache_home):
+    """Start `xsyn serve` children; any still running when the test ends (a failed assertion) is
+    SIGKILLed, and its reaper stops the server and removes its shared memory."""
+    started = []
+
+    def start(*extra: str) -> Serve:
+        started.append(Serve(tiny_repo, cache_home, *extra))
+        return started[-1]
+
+    yield start
+    for serve in started:
+        if serve.proc.poll() is None:
+            serve.proc.kill()
+            serve.proc.wait()
+
+
 def _gone(check, timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while check() and time.monotonic() < deadline:
@@ -78,8 +95,8 @@ def _synthesize_until_it_works(client: XsynClient, timeout: float = 60.0) -> lis
             time.sleep(0.3)
 
 
-def test_killed_stubs_and_server_heal_and_sigterm_drains(tiny_repo, cache_home):
-    serve = Serve(tiny_repo, cache_home)
+def test_killed_stubs_and_server_heal_and_sigterm_drains(start_serve):
+    serve = start_serve()
     serve.wait_for("ready from")
     raw = grpcclient.InferenceServerClient(serve.url)
     with XsynClient(serve.url, retries=0) as client:
@@ -120,8 +137,8 @@ def test_killed_stubs_and_server_heal_and_sigterm_drains(tiny_repo, cache_home):
     assert serve.shm() == []
 
 
-def test_sigterm_past_the_grace_answers_unavailable_and_exits_promptly(tiny_repo, cache_home):
-    serve = Serve(tiny_repo, cache_home, "--grace", "1")
+def test_sigterm_past_the_grace_answers_unavailable_and_exits_promptly(start_serve):
+    serve = start_serve("--grace", "1")
     serve.wait_for("ready from")
     with XsynClient(serve.url, retries=0) as client:
         client.synthesize(QUICK, IMAGE)
@@ -137,8 +154,8 @@ def test_sigterm_past_the_grace_answers_unavailable_and_exits_promptly(tiny_repo
     assert serve.shm() == []
 
 
-def test_kill_9_of_xsyn_serve_leaves_no_orphans_and_no_shm(tiny_repo, cache_home):
-    serve = Serve(tiny_repo, cache_home)
+def test_kill_9_of_xsyn_serve_leaves_no_orphans_and_no_shm(start_serve):
+    serve = start_serve()
     serve.wait_for("ready from")
     assert len(serve.processes()) >= 10 and serve.shm()
     serve.proc.kill()
@@ -157,11 +174,14 @@ def test_a_crash_loop_gives_up_with_a_clear_line_and_leaves_nothing(tiny_repo, t
     server.start()
     server.wait_until_ready()
     supervisor = Supervisor(server, max_restarts=0).start()  # the first exit already counts as a loop
-    group, prefix = server.process.pid, server.shm_prefix
-    triton = [pid for pid in group_members(group) if live_processes().get(pid, "").split(" ")[0].endswith("tritonserver")]
-    os.kill(triton[0], signal.SIGKILL)
-    assert _gone(lambda: supervisor.running, timeout=30)
-    assert supervisor.failure and "giving up" in supervisor.failure and str(options.log_path) in supervisor.failure
-    assert group_members(group) == []
-    assert list(Path("/dev/shm").glob(prefix + "*")) == []
-    supervisor.stop()
+    try:
+        group, prefix = server.process.pid, server.shm_prefix
+        triton = [pid for pid in group_members(group)
+                  if live_processes().get(pid, "").split(" ")[0].endswith("tritonserver")]
+        os.kill(triton[0], signal.SIGKILL)
+        assert _gone(lambda: supervisor.running, timeout=30)
+        assert supervisor.failure and "giving up" in supervisor.failure and str(options.log_path) in supervisor.failure
+        assert group_members(group) == []
+        assert list(Path("/dev/shm").glob(prefix + "*")) == []
+    finally:
+        supervisor.stop(grace=0)
