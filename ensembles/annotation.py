@@ -8,7 +8,6 @@ exported) uses SAM's learned tokens.
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 
@@ -122,9 +121,8 @@ class Annotator:
         """Automatic masks for a cached image (the synthesis pipeline's AMG code)."""
         entry = self.cache.get(req.key)
         h, w = entry.image.shape[:2]
-        overrides = {k: v for k, v in req.model_dump(exclude={"op", "key"}).items() if v is not None}
-        settings = replace(PROFILE_DEFAULTS[self.assets.profile]["amg"], batch_bytes=self.settings.amg_batch_bytes,
-                           max_masks=self.settings.max_masks, **overrides)
+        settings = PROFILE_DEFAULTS[self.assets.profile]["amg"].for_request(
+            self.settings, req.model_dump(exclude={"op", "key"}))
         sam = SamImage.from_embedding(self.runner, entry.embedding, (h, w), self.assets.sam_size, entry.mask_tokens)
         found = generate_masks(sam, settings)
         outs = []

@@ -7,7 +7,7 @@ encoder size, pixel mean/std normalisation, zero padding bottom/right).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -157,6 +157,12 @@ class AmgSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def for_request(self, server, overrides: dict) -> "AmgSettings":
+        """These settings with the server's AMG budgets (``ServerSettings.amg_batch_bytes``,
+        ``max_masks``) and a request's non-None ``overrides``."""
+        return replace(self, batch_bytes=server.amg_batch_bytes, max_masks=server.max_masks,
+                       **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass

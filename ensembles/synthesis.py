@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -101,8 +101,7 @@ class Synthesizer:
         """Class groups, AMG settings and idle rules for a request, plus the record of what was used."""
         groups = req.class_groups_data or load_class_groups(req.class_groups)
         profile = PROFILE_DEFAULTS[self.assets.profile]
-        amg = replace(profile["amg"], batch_bytes=self.settings.amg_batch_bytes, max_masks=self.settings.max_masks,
-                      **{k: v for k, v in req.amg.model_dump().items() if v is not None})
+        amg = profile["amg"].for_request(self.settings, req.amg.model_dump())
         lo, hi = req.idle_area_range or profile["idle_area_range"]
         scale = (self.assets.image_size / AREA_REFERENCE) ** 2
         ratio = req.min_box_ratio if req.min_box_ratio is not None else groups.min_box_ratio
