@@ -8,7 +8,6 @@ exported) uses SAM's learned tokens.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from xsyn.api.annotation import AnnotationResponse, GenerateRequest, MaskOut, SegmentRequest
