@@ -2,8 +2,8 @@
 
 Coordinates: points ``[x, y]`` and boxes ``[x0, y0, x1, y1]`` in pixels of the embedded image;
 masks come back at that image's size as COCO RLE and polygons (``[x0, y0, x1, y1, ...]``).
-Mode ``apsam`` uses the energy-aware encoder's mask tokens; ``sam`` (no energy encoder
-exported) uses SAM's learned tokens.
+Mode ``apsam``: the exported model is APSAM (the reference's architecture) and its image
+encoder gives each image's mask tokens; ``sam``: a plain SAM export, with SAM's learned tokens.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def polygons(mask: np.ndarray, tolerance: float = 1.0) -> list[list[float]]:
 
 
 class Annotator:
-    """Embed / segment / generate over the SAM graphs and (when exported) the energy encoder."""
+    """Embed / segment / generate over the ``sam_image_encoder`` / ``sam_decoder`` graphs (SAM or APSAM)."""
 
     def __init__(self, runner: Runner, assets: PipelineAssets, cache: EmbeddingCache,
                  settings: ServerSettings | None = None) -> None:
@@ -47,11 +47,10 @@ class Annotator:
         self.assets = assets
         self.cache = cache
         self.settings = settings or ServerSettings()
-        self.energy = assets.specs.get("apsam_energy_encoder")
 
     @property
     def mode(self) -> str:
-        return "apsam" if self.energy is not None else "sam"
+        return "apsam" if self.assets.sam_input == "apsam" else "sam"
 
     def embed(self, image: np.ndarray) -> AnnotationResponse:
         """Run the image encoder (once per image content) and cache the embedding."""
@@ -61,13 +60,8 @@ class Annotator:
         if key in self.cache:
             entry = self.cache.get(key)
             return AnnotationResponse(op="embed", key=key, mode=entry.mode, image_size=[w, h], cached=True)
-        embedding = embed_images(self.runner, [image], self.assets.sam_size)
-        tokens = self.assets.sam_mask_tokens
-        if self.energy is not None:
-            size = int(self.energy.inputs[0].shape[-1])
-            resized = images.resize(image, size, size).astype(np.float32).transpose(2, 0, 1)[None]
-            tokens = self.runner.infer("apsam_energy_encoder", {"image": resized}, ["mask_tokens"])["mask_tokens"]
-        self.cache.put(key, CachedImage(image, embedding, tokens.astype(np.float32), self.mode))
+        embedding, tokens = embed_images(self.runner, [image], self.assets)
+        self.cache.put(key, CachedImage(image, embedding, tokens, self.mode))
         return AnnotationResponse(op="embed", key=key, mode=self.mode, image_size=[w, h])
 
     def segment(self, req: SegmentRequest, mask_input: np.ndarray | None = None
@@ -89,8 +83,11 @@ class Annotator:
             if not np.all(np.isfinite(mask_input)):
                 raise InvalidArgument("mask_input: holds NaN or infinite values")
         mode = "sam" if req.tokens == "sam" else entry.mode
+        if mode == "sam" and self.assets.sam_mask_tokens is None:
+            raise InvalidArgument("tokens: 'sam' asks for SAM's learned mask tokens, and the exported model is APSAM, "
+                                  "which has none (its tokens come from the image); use 'auto'")
         tokens = self.assets.sam_mask_tokens if mode == "sam" else entry.mask_tokens
-        sam = SamImage.from_embedding(self.runner, entry.embedding, (h, w), self.assets.sam_size, tokens)
+        sam = SamImage.from_embedding(self.runner, entry.embedding, (h, w), self.assets, tokens)
         points, labels = [list(p) for p in req.points], list(req.labels)
         masks, iou, low = self._predict(sam, points, labels, req.box, mask_input)
         extra: list[tuple[int, int]] = []
@@ -122,7 +119,7 @@ class Annotator:
         h, w = entry.image.shape[:2]
         settings = PROFILE_DEFAULTS[self.assets.profile]["amg"].for_request(
             self.settings, req.model_dump(exclude={"op", "key"}))
-        sam = SamImage.from_embedding(self.runner, entry.embedding, (h, w), self.assets.sam_size, entry.mask_tokens)
+        sam = SamImage.from_embedding(self.runner, entry.embedding, (h, w), self.assets, entry.mask_tokens)
         found = generate_masks(sam, settings)
         outs = []
         for m in found:  # one full-size mask decoded at a time

@@ -20,7 +20,10 @@ class PipelineAssets:
     Attributes:
         image_size: generation side in pixels (square); latents are ``image_size / 8``.
         sam_size: SAM encoder input side; ``sam_embedding``: side of its embedding grid.
-        sam_mask_tokens: SAM's learned mask tokens, float32 ``[1, M, C]``.
+        sam_input: ``sam`` (longest-side resize, mean/std, padding) or ``apsam`` (the APSAM
+            reference's square BGR 0..1 input; the encoder also returns the mask tokens).
+        sam_mask_tokens: SAM's learned mask tokens, float32 ``[1, M, C]``; None for APSAM,
+            whose tokens come from its image encoder, per image.
         capture_outputs: UNet attention outputs (``attn_*``) and their grid sides.
         profile: ``tiny`` when the repository was exported from the tiny preset (untrained
             weights: relaxed defaults apply), else ``standard``; the export manifest states it.
@@ -31,7 +34,8 @@ class PipelineAssets:
     specs: dict[str, NetworkSpec]
     sam_size: int
     sam_embedding: int
-    sam_mask_tokens: np.ndarray
+    sam_mask_tokens: np.ndarray | None
+    sam_input: str = "sam"
     tokenizer: object = None
     image_size: int = 0
     capture_outputs: dict[str, int] = field(default_factory=dict)
@@ -48,11 +52,14 @@ class PipelineAssets:
         missing = [m for m in needs if m not in specs]
         if missing:
             raise NotFound(f"{repo}: exported graphs missing for {missing}; run `xsyn export`")
+        encoder = specs["sam_image_encoder"]
+        tokens_file = repo / "sam_decoder" / "1" / "sam_mask_tokens.npy"
         assets = cls(
             repo=repo, specs=specs,
-            sam_size=int(specs["sam_image_encoder"].inputs[0].shape[-1]),
-            sam_embedding=int(specs["sam_image_encoder"].outputs[0].shape[-1]),
-            sam_mask_tokens=np.load(repo / "sam_decoder" / "1" / "sam_mask_tokens.npy"),
+            sam_size=int(encoder.inputs[0].shape[-1]),
+            sam_embedding=int(encoder.outputs[0].shape[-1]),
+            sam_mask_tokens=np.load(tokens_file) if tokens_file.is_file() else None,
+            sam_input=dict(encoder.extra).get("input_pipeline", "sam"),
         )
         if "unet" in specs:
             assets.max_objects = int(next(t for t in specs["unet"].inputs if t.name == "boxes").shape[1])

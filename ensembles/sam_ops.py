@@ -1,8 +1,11 @@
 """SAM through the exported graphs: preprocessing, prompts, and automatic mask generation.
 
 Coordinates: points and boxes are xy pixels of the *original* image (x right, y down); masks
-come back at the original size. Preprocessing is SAM's own (``ResizeLongestSide`` to the
-encoder size, pixel mean/std normalisation, zero padding bottom/right).
+come back at the original size. Preprocessing follows the exported model (``input_pipeline``):
+``sam`` is SAM's own (``ResizeLongestSide`` to the encoder size, pixel mean/std normalisation,
+zero padding bottom/right); ``apsam`` is the APSAM reference's (the whole image resized to
+``S x S`` with PIL bilinear, BGR channel order as ``cv2.imread`` gives it, 0..1, no
+normalisation; points scaled by ``S / W`` and ``S / H``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
+from xsyn.ensembles import images
 from xsyn.ensembles.runner import Runner, infer_on_device
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
@@ -19,9 +23,13 @@ PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
 ENCODER_MAX_BATCH = 4
 
 
-def preprocess(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` RGB -> float32 ``[3, size, size]`` encoder input."""
+def preprocess(image: np.ndarray, size: int, pipeline: str = "sam") -> np.ndarray:
+    """uint8 ``[H, W, 3]`` RGB -> float32 ``[3, size, size]`` encoder input (see the module doc)."""
     from segment_anything.utils.transforms import ResizeLongestSide
+
+    if pipeline == "apsam":
+        bgr = np.ascontiguousarray(image[..., ::-1])
+        return (images.resize(bgr, size, size).astype(np.float32) / 255.0).transpose(2, 0, 1)
 
     resized = ResizeLongestSide(size).apply_image(image).astype(np.float32)
     normed = (resized - PIXEL_MEAN) / PIXEL_STD
@@ -30,13 +38,21 @@ def preprocess(image: np.ndarray, size: int) -> np.ndarray:
     return out.transpose(2, 0, 1)
 
 
-def embed_images(runner: Runner, images: list[np.ndarray], size: int) -> np.ndarray:
-    """Image embeddings ``[N, C, E, E]`` for uint8 RGB images, in encoder batches."""
-    chunks = []
-    for start in range(0, len(images), ENCODER_MAX_BATCH):
-        batch = np.stack([preprocess(im, size) for im in images[start:start + ENCODER_MAX_BATCH]])
-        chunks.append(runner.infer("sam_image_encoder", {"image": batch})["image_embeddings"])
-    return np.concatenate(chunks)
+def embed_images(runner: Runner, pictures: list[np.ndarray], assets) -> tuple[np.ndarray, np.ndarray]:
+    """Image embeddings ``[N, C, E, E]`` and mask tokens ``[N, M, C]`` for uint8 RGB images,
+    in encoder batches. ``assets``: :class:`~xsyn.ensembles.assets.PipelineAssets` (encoder
+    size, input pipeline, SAM's learned tokens). APSAM's tokens come from its encoder, per
+    image; SAM's are its learned ones for every image."""
+    apsam = assets.sam_input == "apsam"
+    wanted = ["image_embeddings", "mask_tokens"] if apsam else ["image_embeddings"]
+    embeddings, tokens = [], []
+    for start in range(0, len(pictures), ENCODER_MAX_BATCH):
+        chunk = pictures[start:start + ENCODER_MAX_BATCH]
+        batch = np.stack([preprocess(im, assets.sam_size, assets.sam_input) for im in chunk])
+        out = runner.infer("sam_image_encoder", {"image": batch}, wanted)
+        embeddings.append(out["image_embeddings"])
+        tokens.append(out["mask_tokens"] if apsam else np.repeat(assets.sam_mask_tokens, len(chunk), axis=0))
+    return np.concatenate(embeddings), np.concatenate(tokens).astype(np.float32)
 
 
 @dataclass
@@ -48,15 +64,21 @@ class SamImage:
     original_size: tuple[int, int]  # (H, W)
     encoder_size: int
     mask_tokens: np.ndarray  # [1, M, C]
+    pipeline: str = "sam"  # the encoder's input_pipeline: how points map into its frame
 
     @classmethod
-    def from_embedding(cls, runner, embedding, original_size, encoder_size, mask_tokens) -> "SamImage":
-        return cls(runner, embedding[None] if embedding.ndim == 3 else embedding, tuple(original_size), encoder_size,
-                   mask_tokens)
+    def from_embedding(cls, runner, embedding, original_size, assets, mask_tokens) -> "SamImage":
+        """``assets``: the repository's :class:`~xsyn.ensembles.assets.PipelineAssets`;
+        ``mask_tokens``: ``[M, C]`` or ``[1, M, C]`` (from :func:`embed_images`)."""
+        return cls(runner, embedding[None] if embedding.ndim == 3 else embedding, tuple(original_size),
+                   assets.sam_size, mask_tokens[None] if mask_tokens.ndim == 2 else mask_tokens, assets.sam_input)
 
     def _to_encoder_frame(self, coords: np.ndarray) -> np.ndarray:
         from segment_anything.utils.transforms import ResizeLongestSide
 
+        if self.pipeline == "apsam":
+            h, w = self.original_size
+            return coords.astype(np.float64) * np.array([self.encoder_size / w, self.encoder_size / h])
         return ResizeLongestSide(self.encoder_size).apply_coords(coords.astype(np.float64), self.original_size)
 
     def decoder_inputs(self, points: np.ndarray | None = None, labels: np.ndarray | None = None,

@@ -164,7 +164,7 @@ class Synthesizer:
         auto = []
         if job.req.mode == "add" or job.req.bom_alpha > 0:
             with job.timer.stage("sam_embed"):
-                sam_input = self._sam_image(self._embed([job.img_s])[0])
+                sam_input = self._sam_image(*self._embed([job.img_s]))
             with job.timer.stage("amg"):
                 auto = generate_masks(sam_input, job.amg)
         job.mask_boxes = [m.box for m in auto]
@@ -229,12 +229,13 @@ class Synthesizer:
 
     # ------------------------------------------------------------------ stages
 
-    def _embed(self, imgs: list[np.ndarray]) -> np.ndarray:
-        return embed_images(self.runner, imgs, self.assets.sam_size)
+    def _embed(self, imgs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings ``[N, C, E, E]`` and mask tokens ``[N, M, C]`` (:func:`embed_images`)."""
+        return embed_images(self.runner, imgs, self.assets)
 
-    def _sam_image(self, embedding: np.ndarray) -> SamImage:
+    def _sam_image(self, embeddings: np.ndarray, tokens: np.ndarray, index: int = 0) -> SamImage:
         s = self.assets.image_size
-        return SamImage.from_embedding(self.runner, embedding, (s, s), self.assets.sam_size, self.assets.sam_mask_tokens)
+        return SamImage.from_embedding(self.runner, embeddings[index], (s, s), self.assets, tokens[index])
 
     def _attention_maps(self, result, positions: list[list[int]]) -> list[np.ndarray]:
         """Per item: mean over steps, capture layers and the phrase's tokens, scaled to 0..255 at ``S x S``."""
@@ -284,9 +285,9 @@ class Synthesizer:
     def _refine(self, req, unoccluded, maps, grounding) -> list[car.CarResult | None]:
         if not req.car:
             return [None] * len(grounding)
-        embeddings = self._embed([unoccluded] + [np.repeat(m.astype(np.uint8)[..., None], 3, axis=2) for m in maps])
-        generated = self._sam_image(embeddings[0])
-        return [car.refine(generated, self._sam_image(embeddings[k + 1]), maps[k], box, req.mps_divisions)
+        embeddings, tokens = self._embed([unoccluded] + [np.repeat(m.astype(np.uint8)[..., None], 3, axis=2) for m in maps])
+        generated = self._sam_image(embeddings, tokens)
+        return [car.refine(generated, self._sam_image(embeddings, tokens, k + 1), maps[k], box, req.mps_divisions)
                 for k, (_, box) in enumerate(grounding)]
 
     def _items(self, req, originals, too_small, grounding, refined, scale, size) -> list[Item]:

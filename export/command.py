@@ -19,12 +19,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export every network to ONNX (and TensorRT), with parity checks",
                        description="Export the networks to ONNX graphs (and TensorRT plans) in a Triton model "
                                    "repository, checking each graph against PyTorch right after export.")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", choices=PRESETS, help="seeded random weights of the real architectures")
-    src.add_argument("--checkpoint-dir", type=Path, help="diffusers GLIGEN inpainting folder (unet/ vae/ text_encoder/ tokenizer/)")
-    p.add_argument("--sam-checkpoint", type=Path, help="SAM .pth (vit_h/l/b, detected from the weights)")
+    p.add_argument("--preset", choices=PRESETS, help="seeded random weights of the real architectures")
+    p.add_argument("--checkpoint", type=Path, action="append", default=[], metavar="PATH",
+                   help="a checkpoint, recognised by content (repeatable): original GLIGEN .pth, diffusers GLIGEN "
+                        "folder, SAM .pth (vit_b/l/h) or APSAM reference .pth")
+    p.add_argument("--tokenizer", type=Path, help="CLIP tokenizer folder (vocab.json, merges.txt) for an original "
+                                                  "GLIGEN .pth, which holds none")
+    p.add_argument("--checkpoint-dir", type=Path, help="same as --checkpoint, for a diffusers GLIGEN folder")
+    p.add_argument("--sam-checkpoint", type=Path, help="same as --checkpoint, for a SAM or APSAM .pth")
     p.add_argument("--sam-variant", choices=("vit_h", "vit_l", "vit_b"), help="insist on this SAM variant")
-    p.add_argument("--energy-checkpoint", type=Path, help="APSAM energy-encoder .safetensors (optional)")
     p.add_argument("--seed", type=int, default=0, help="preset weight seed (default 0)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output repository (default {DEFAULT_OUT}/)")
     p.add_argument("--engine", choices=("onnx", "tensorrt"), default="onnx", help="onnx, or onnx + TensorRT plans")
@@ -41,17 +44,20 @@ def run(args: argparse.Namespace) -> int:
         from xsyn.export.tensorrt_build import require_tensorrt
 
         require_tensorrt()  # fail before any work
-    if args.preset is None and args.sam_checkpoint is None and args.checkpoint_dir is None:
-        raise InvalidArgument("give --preset, or --checkpoint-dir and/or --sam-checkpoint")
-    if args.preset and (args.sam_checkpoint or args.energy_checkpoint):
-        raise InvalidArgument(f"--preset {args.preset} brings its own weights; drop --sam-checkpoint/--energy-checkpoint")
+    paths = [*args.checkpoint, *(p for p in (args.checkpoint_dir, args.sam_checkpoint) if p)]
+    if args.preset is None and not paths:
+        raise InvalidArgument("give --preset, or --checkpoint PATH (repeatable)")
+    if args.preset and paths:
+        raise InvalidArgument(f"--preset {args.preset} brings its own weights; drop the checkpoint options")
     started = time.perf_counter()
     if args.preset:
         bundle = preset_bundle(args.preset, args.seed)
     else:
-        bundle = checkpoint_bundle(args.checkpoint_dir, args.sam_checkpoint, args.sam_variant, args.energy_checkpoint)
+        bundle = checkpoint_bundle(paths, args.sam_variant, args.tokenizer)
     layers = tuple(x.strip() for x in args.capture_layers.split(",")) if args.capture_layers else None
     networks = select_networks(bundle, only, layers)
+    for line in bundle.found:
+        print(f"found {line}", flush=True)
     print(f"xsyn export: {len(networks)} graph(s) from {bundle.source} -> {args.out}/", flush=True)
     for note in bundle.notes:
         print(f"  note: {note}", flush=True)

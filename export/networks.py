@@ -1,14 +1,17 @@
-"""The seven networks of the product: spec + export module + sample inputs, built from a bundle.
+"""The six networks of the product: spec + export module + sample inputs, built from a bundle.
 
 =======================  ==========================================================
 ``text_encoder``         CLIP text model: last hidden state and pooled output
 ``unet``                 GLIGEN inpainting UNet + cross-attention capture outputs
 ``vae_encoder``          image -> scaled latent mean/std
 ``vae_decoder``          scaled latent -> image
-``sam_image_encoder``    SAM ViT image encoder
+``sam_image_encoder``    SAM ViT image encoder; for APSAM also its mask tokens (energy CNN)
 ``sam_decoder``          prompt encoder + mask decoder, mask tokens as an input
-``apsam_energy_encoder`` APSAM energy-aware encoder -> mask tokens
 =======================  ==========================================================
+
+The segmentation pair is SAM or APSAM (the reference's architecture); the specs' ``extra``
+``input_pipeline`` (``sam`` or ``apsam``) tells the orchestrators how to prepare images and
+points for it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from xsyn.export.sources import ModelBundle, copy_tokenizer
 from xsyn.export.specs import DynamicBatching, NetworkSpec, TensorSpec
 from xsyn.export.tokenizer import MAX_LENGTH
 from xsyn.export.wrappers import (
+    ApsamImageEncoderExport,
     SamDecoderExport,
     SamImageEncoderExport,
     TextEncoderExport,
@@ -35,9 +39,7 @@ from xsyn.export.wrappers import (
     VaeEncoderExport,
 )
 
-NETWORK_NAMES = (
-    "text_encoder", "unet", "vae_encoder", "vae_decoder", "sam_image_encoder", "sam_decoder", "apsam_energy_encoder",
-)
+NETWORK_NAMES = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "sam_image_encoder", "sam_decoder")
 
 SampleFn = Callable[[np.random.Generator], dict[str, np.ndarray]]
 
@@ -189,21 +191,31 @@ def vae_decoder_network(bundle: ModelBundle) -> Network:
 
 def sam_image_encoder_network(bundle: ModelBundle) -> Network:
     arch = bundle.sam_arch
-    size, e = arch.img_size, arch.embedding_size
+    size, e, c = arch.img_size, arch.embedding_size, arch.prompt_dim
+    outputs = [_t("image_embeddings", ("batch", c, e, e), f"{arch.label} image embedding")]
+    if arch.kind == "apsam":
+        image_doc = "BGR 0..1, the whole image resized to S x S (APSAM reference pipeline, no normalisation)"
+        m = arch.num_multimask_outputs + 1
+        outputs.append(_t("mask_tokens", ("batch", m, c), "energy-CNN tokens: classifier top-k, query_projection"))
+        module = ApsamImageEncoderExport(bundle.sam)
+        sample = lambda rng: {"image": rng.uniform(0, 1, (1, 3, size, size)).astype(np.float32)}  # noqa: E731
+    else:
+        image_doc = "RGB, longest side resized to S, SAM-normalised, zero-padded bottom/right"
+        module = SamImageEncoderExport(bundle.sam)
+        sample = lambda rng: {"image": _f32(rng, (1, 3, size, size))}  # noqa: E731
     spec = NetworkSpec(
         name="sam_image_encoder",
-        inputs=(_t("image", ("batch", 3, size, size),
-                   "RGB, longest side resized to S, SAM-normalised, zero-padded bottom/right"),),
-        outputs=(_t("image_embeddings", ("batch", arch.prompt_dim, e, e), "SAM image embedding"),),
+        inputs=(_t("image", ("batch", 3, size, size), image_doc),),
+        outputs=tuple(outputs),
         profile=(("batch", 1, 1, 4),),
         max_batch_size=4,
         dynamic_batching=DynamicBatching(preferred_batch_sizes=(2, 4), max_queue_delay_us=1000),
         # TensorRT fp16: the ViT LayerNorms and the neck's LayerNorm2d overflow; keep them fp32.
         fp32_layer_patterns=(r"LayerNormalization", r"/norm\d?/", r"/neck/neck\.[13]/"),
-        description=f"SAM image encoder ({arch.variant})",
+        description=f"{arch.label} image encoder",
+        extra=(("input_pipeline", arch.kind),),
     )
-    return Network(spec, SamImageEncoderExport(bundle.sam),
-                   lambda rng: {"image": _f32(rng, (1, 3, size, size))})
+    return Network(spec, module, sample)
 
 
 def sam_decoder_network(bundle: ModelBundle) -> Network:
@@ -214,13 +226,15 @@ def sam_decoder_network(bundle: ModelBundle) -> Network:
         name="sam_decoder",
         inputs=(
             _t("image_embeddings", (1, c, e, e), "embedding of one image (sam_image_encoder output)"),
-            _t("point_coords", ("num_prompts", "num_points", 2), "xy pixels in the resized (longest side S) frame"),
+            _t("point_coords", ("num_prompts", "num_points", 2),
+               "xy pixels in the encoder's S x S frame (SAM: longest side S; APSAM: whole image S x S)"),
             _t("point_labels", ("num_prompts", "num_points"), "1 fg, 0 bg, 2/3 box corners, -1 padding",
                choices=(-1, 0, 1, 2, 3)),
             _t("mask_input", ("mask_batch", 1, low, low), "previous low-res mask logits (1 or num_prompts)"),
             _t("has_mask_input", (1,), "1 when mask_input is used, else 0", choices=(0, 1)),
             _t("orig_im_size", (2,), f"original image (H, W), 1..{MAX_SIDE} px", values=(1, MAX_SIDE)),
-            _t("mask_tokens", ("token_batch", m, c), "mask tokens: SAM's learned ones or APSAM's (1 or num_prompts)"),
+            _t("mask_tokens", ("token_batch", m, c),
+               "mask tokens: SAM's learned ones, or APSAM's from sam_image_encoder (1 or num_prompts)"),
         ),
         outputs=(
             _t("masks", ("num_prompts", m, "orig_h", "orig_w"), "mask logits at the original size; 0 = single-mask output"),
@@ -232,8 +246,8 @@ def sam_decoder_network(bundle: ModelBundle) -> Network:
         broadcast=(("mask_batch", "num_prompts"), ("token_batch", "num_prompts")),
         value_dims=(("orig_h", "orig_im_size", 0), ("orig_w", "orig_im_size", 1)),
         max_batch_size=0,
-        description="SAM prompt encoder + mask decoder (mask tokens as input)",
-        extra=(("num_mask_tokens", str(m)),),
+        description=f"{arch.label} prompt encoder + mask decoder (mask tokens as input)",
+        extra=(("num_mask_tokens", str(m)), ("input_pipeline", arch.kind)),
     )
     size = arch.img_size
 
@@ -253,34 +267,20 @@ def sam_decoder_network(bundle: ModelBundle) -> Network:
         tokens = bundle.sam.mask_decoder.mask_tokens.weight.detach().numpy()[None].astype(np.float32)
         np.save(folder / "sam_mask_tokens.npy", tokens)
 
-    return Network(spec, SamDecoderExport(bundle.sam), sample, sidecars)
-
-
-def energy_encoder_network(bundle: ModelBundle) -> Network:
-    cfg = bundle.energy_encoder.config
-    r, g = cfg.input_size, cfg.grid
-    spec = NetworkSpec(
-        name="apsam_energy_encoder",
-        inputs=(_t("image", ("batch", 3, r, r), "RGB 0..255 resized to the encoder input size"),),
-        outputs=(_t("mask_tokens", ("batch", cfg.num_tokens, cfg.dim), "top-k energy tokens projected to mask tokens"),
-                 _t("token_scores", ("batch", g, g), "foreground probability per token")),
-        profile=(("batch", 1, 1, 8),),
-        max_batch_size=8,
-        description="APSAM energy-aware encoder",
-    )
-    return Network(spec, bundle.energy_encoder,
-                   lambda rng: {"image": rng.uniform(0, 255, (1, 3, r, r)).astype(np.float32)})
+    square = arch.kind == "apsam"  # APSAM learns no mask tokens: they come from its image encoder
+    return Network(spec, SamDecoderExport(bundle.sam, square=square), sample, None if square else sidecars)
 
 
 # ----------------------------------------------------------------------------- selection
 
 _NEEDS = {
     "text_encoder": "text_encoder", "unet": "unet", "vae_encoder": "vae", "vae_decoder": "vae",
-    "sam_image_encoder": "sam", "sam_decoder": "sam", "apsam_energy_encoder": "energy_encoder",
+    "sam_image_encoder": "sam", "sam_decoder": "sam",
 }
 _HINT = {
-    "text_encoder": "--checkpoint-dir", "unet": "--checkpoint-dir", "vae": "--checkpoint-dir",
-    "sam": "--sam-checkpoint", "energy_encoder": "--energy-checkpoint",
+    "text_encoder": "--checkpoint (a GLIGEN .pth or diffusers folder)", "unet": "--checkpoint (a GLIGEN .pth or diffusers folder)",
+    "vae": "--checkpoint (a GLIGEN .pth or diffusers folder)",
+    "sam": "--sam-checkpoint (a SAM or APSAM .pth)",
 }
 
 
@@ -300,14 +300,13 @@ def select_networks(bundle: ModelBundle, only: tuple[str, ...] | None = None,
     """Networks to export, in :data:`NETWORK_NAMES` order.
 
     With ``only`` given, every named graph must have its source (else InvalidArgument naming the
-    missing option). Without it, graphs whose source is absent are skipped (e.g. no energy
-    encoder weights: APSAM runs as SAM).
+    missing option). Without it, graphs whose source is absent are skipped (e.g. only a SAM
+    checkpoint: no synthesis graphs).
     """
     builders = {
         "text_encoder": text_encoder_network, "unet": lambda b: unet_network(b, capture_layers),
         "vae_encoder": vae_encoder_network, "vae_decoder": vae_decoder_network,
         "sam_image_encoder": sam_image_encoder_network, "sam_decoder": sam_decoder_network,
-        "apsam_energy_encoder": energy_encoder_network,
     }
     chosen = []
     for name in NETWORK_NAMES:

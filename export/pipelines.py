@@ -49,7 +49,6 @@ APSAM = PipelineSpec(
              TensorSpec("low_res_mask", "float32", ("masks", 1, "low_h", "low_w"), "logits of the returned mask")),
     optional_inputs=("image", "image_bytes", "mask_input"),
     needs=ANNOTATION_GRAPHS,
-    optional_graphs=("apsam_energy_encoder",),
     interactive=True,
     instance_count=1,  # one process owns the embedding cache
     parameters=(("apsam_cache_bytes", str(ServerSettings().apsam_cache_bytes)),),

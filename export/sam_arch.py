@@ -1,9 +1,12 @@
-"""SAM architectures: the named ViT variants, building from sizes, and reading sizes off a checkpoint.
+"""SAM and APSAM architectures: the named ViT variants, building from sizes, and reading sizes off a checkpoint.
 
-A SAM ``.pth`` holds a flat state dict (``image_encoder.*``, ``prompt_encoder.*``,
-``mask_decoder.*``). Every size the architecture needs can be read off the tensor shapes
-(heads from the relative-position tables, global-attention blocks from their table length), so
-the variant is detected, not guessed from the file name; a stated variant is checked against it.
+A SAM ``.pth`` and an APSAM reference ``.pth`` (xi801/APSAM) both hold a flat state dict
+(``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``); APSAM's has the energy CNN
+(``image_encoder.cnn_embed.*``), adapters and the decoder's ``classifier``/``query_projection``
+instead of learned mask tokens. Every size the architecture needs can be read off the tensor
+shapes (heads from the relative-position tables, global-attention blocks from their table
+length, APSAM's input side from the energy CNN's depth), so the model and variant are
+detected, not guessed from the file name; a stated variant is checked against it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from xsyn.export.weights import load_state_strict, read_weights
 
 @dataclass(frozen=True)
 class SamArch:
-    """Sizes of a SAM model (image encoder ViT, prompt encoder, mask decoder)."""
+    """Sizes of a SAM model (image encoder ViT, prompt encoder, mask decoder).
+
+    ``kind``: ``sam`` (Segment Anything: longest-side resize, mean/std normalisation, padding)
+    or ``apsam`` (the APSAM reference: adapters, energy CNN, square 0..1 BGR input of side
+    ``img_size``, a fixed 32 x 32 token grid; see :mod:`xsyn.export.apsam_arch`).
+    """
 
     embed_dim: int = 1280
     depth: int = 32
@@ -37,11 +45,14 @@ class SamArch:
     num_multimask_outputs: int = 3
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
+    kind: str = "sam"
 
     @property
     def embedding_size(self) -> int:
-        """Side of the image-embedding grid (``img_size / 16``)."""
-        return self.img_size // 16
+        """Side of the image-embedding grid (SAM: ``img_size / 16``; APSAM: 32)."""
+        from xsyn.export.apsam_arch import GRID
+
+        return GRID if self.kind == "apsam" else self.img_size // 16
 
     @property
     def variant(self) -> str:
@@ -50,6 +61,11 @@ class SamArch:
             if (self.embed_dim, self.depth) == (arch.embed_dim, arch.depth):
                 return name
         return "custom"
+
+    @property
+    def label(self) -> str:
+        """``SAM vit_h``, ``APSAM vit_b``, ``APSAM custom`` ... for messages and descriptions."""
+        return f"{'APSAM' if self.kind == 'apsam' else 'SAM'} {self.variant}"
 
 
 VARIANTS = {
@@ -64,9 +80,25 @@ TINY_SAM = SamArch(
     iou_head_hidden_dim=32,
 )
 
+#: APSAM as the reference builds it (``build_apsam_vit_b``, encoder input 256, window 14).
+APSAM_VIT_B = SamArch(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11), img_size=256,
+                      kind="apsam")
+
+#: The tiny preset's segmentation model: APSAM's architecture at tiny widths, 128-px input.
+TINY_APSAM = SamArch(
+    embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=8, img_size=128,
+    prompt_dim=32, mask_in_chans=16, decoder_depth=2, decoder_mlp_dim=64, decoder_heads=8,
+    iou_head_hidden_dim=32, kind="apsam",
+)
+
 
 def build_sam(arch: SamArch):
-    """An untrained ``segment_anything.modeling.Sam`` of the given sizes, in eval mode."""
+    """An untrained model of the given sizes, in eval mode: ``segment_anything.modeling.Sam``,
+    or :class:`~xsyn.export.apsam_arch.Apsam` when ``arch.kind == "apsam"``."""
+    if arch.kind == "apsam":
+        from xsyn.export.apsam_arch import build_apsam
+
+        return build_apsam(arch)
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     encoder = ImageEncoderViT(
@@ -93,15 +125,36 @@ def build_sam(arch: SamArch):
     return sam.eval()
 
 
+APSAM_MARKERS = ("image_encoder.cnn_embed.inc.conv.0.weight", "mask_decoder.classifier.weight")
+SAM_MARKERS = ("image_encoder.patch_embed.proj.weight", "mask_decoder.mask_tokens.weight")
+
+
+def model_kind(state: dict) -> str | None:
+    """``apsam`` / ``sam`` when the state dict carries that model's marker tensors, else None."""
+    if all(k in state for k in APSAM_MARKERS):
+        return "apsam"
+    if all(k in state for k in SAM_MARKERS):
+        return "sam"
+    return None
+
+
 def infer_sam_arch(state: dict[str, torch.Tensor], path: Path) -> SamArch:
-    """Read a :class:`SamArch` off a SAM state dict's tensor shapes."""
+    """Read a :class:`SamArch` (SAM or APSAM) off a state dict's tensor shapes."""
+    from xsyn.export.apsam_arch import GRID
+
+    kind = model_kind(state) or "sam"
     try:
         embed_dim = state["image_encoder.patch_embed.proj.weight"].shape[0]
         depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
-        img_size = state["image_encoder.pos_embed"].shape[1] * 16
+        if kind == "apsam":
+            img_size = GRID * 2 ** len({k.split(".")[3] for k in state if k.startswith("image_encoder.cnn_embed.downs.")})
+            grid = GRID
+        else:
+            img_size = state["image_encoder.pos_embed"].shape[1] * 16
+            grid = img_size // 16
         head_dim = state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
         table = [state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] for i in range(depth)]
-        global_len = 2 * (img_size // 16) - 1
+        global_len = 2 * grid - 1
         global_idx = tuple(i for i, n in enumerate(table) if n == global_len)
         windowed = [n for n in table if n != global_len]
         window = (windowed[0] + 1) // 2 if windowed else 0
@@ -110,26 +163,27 @@ def infer_sam_arch(state: dict[str, torch.Tensor], path: Path) -> SamArch:
         mask_in = state["prompt_encoder.mask_downscaling.3.weight"].shape[0]
         dec_depth = len({k.split(".")[3] for k in state if k.startswith("mask_decoder.transformer.layers.")})
         dec_mlp = state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]
-        n_tokens = state["mask_decoder.mask_tokens.weight"].shape[0]
+        n_tokens = len({k.split(".")[2] for k in state if k.startswith("mask_decoder.output_hypernetworks_mlps.")})
         iou_layers = len({k.split(".")[3] for k in state if k.startswith("mask_decoder.iou_prediction_head.layers.")})
         iou_hidden = state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0]
     except KeyError as exc:
-        raise CheckpointError(f"SAM checkpoint {path}: not a SAM state dict (missing tensor {exc.args[0]})") from exc
+        raise CheckpointError(f"{path}: not a SAM or APSAM state dict (missing tensor {exc.args[0]})") from exc
     return SamArch(
         embed_dim=embed_dim, depth=depth, num_heads=embed_dim // head_dim, global_attn_indexes=global_idx,
         window_size=window, img_size=img_size, mlp_ratio=mlp_ratio, prompt_dim=prompt_dim,
         mask_in_chans=mask_in, decoder_depth=dec_depth, decoder_mlp_dim=dec_mlp,
         decoder_heads=SamArch.decoder_heads, num_multimask_outputs=n_tokens - 1,
-        iou_head_depth=iou_layers, iou_head_hidden_dim=iou_hidden,
+        iou_head_depth=iou_layers, iou_head_hidden_dim=iou_hidden, kind=kind,
     )
 
 
-def load_sam_checkpoint(path: Path, variant: str | None = None):
-    """Build SAM from a ``.pth`` (or ``.safetensors``) state dict.
+def load_sam_checkpoint(path: Path, variant: str | None = None, state: dict | None = None):
+    """Build SAM or APSAM from a ``.pth`` (or ``.safetensors``) state dict.
 
     Args:
-        path: SAM checkpoint file (e.g. ``sam_vit_h_4b8939.pth``).
+        path: checkpoint file (e.g. ``sam_vit_h_4b8939.pth``, or an APSAM reference ``.pth``).
         variant: ``vit_h``/``vit_l``/``vit_b`` to insist on, or None to accept what is detected.
+        state: the state dict when already read (format detection reads it once).
 
     Returns:
         ``(sam, arch)``. Raises CheckpointError for missing, truncated, foreign or
@@ -137,11 +191,13 @@ def load_sam_checkpoint(path: Path, variant: str | None = None):
     """
     if variant is not None and variant not in VARIANTS:
         raise CheckpointError(f"--sam-variant {variant!r}: expected one of {sorted(VARIANTS)}")
-    state = read_weights(Path(path), what="SAM checkpoint")
+    state = read_weights(Path(path), what="SAM checkpoint") if state is None else state
+    if model_kind(state) is None:
+        raise CheckpointError(f"{path}: not a SAM or APSAM state dict (none of {SAM_MARKERS + APSAM_MARKERS} present)")
     arch = infer_sam_arch(state, path)
     if variant is not None and arch.variant != variant:
         raise CheckpointError(
-            f"SAM checkpoint {path}: holds {arch.variant} (embed dim {arch.embed_dim}, depth {arch.depth}), "
+            f"SAM checkpoint {path}: holds {arch.label} (embed dim {arch.embed_dim}, depth {arch.depth}), "
             f"expected {variant} (embed dim {VARIANTS[variant].embed_dim}, depth {VARIANTS[variant].depth})"
         )
     sam = build_sam(arch)
@@ -149,4 +205,5 @@ def load_sam_checkpoint(path: Path, variant: str | None = None):
     return sam.eval(), arch
 
 
-__all__ = ["SamArch", "VARIANTS", "TINY_SAM", "build_sam", "infer_sam_arch", "load_sam_checkpoint"]
+__all__ = ["SamArch", "VARIANTS", "TINY_SAM", "TINY_APSAM", "APSAM_VIT_B", "build_sam", "infer_sam_arch",
+           "load_sam_checkpoint", "model_kind"]

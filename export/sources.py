@@ -1,14 +1,16 @@
 """Where the networks come from: seeded presets or real checkpoints, as one :class:`ModelBundle`.
 
 Presets:
-    ``tiny``: the real architectures (GLIGEN inpainting UNet, SD VAE, CLIP text model, SAM ViT,
-    energy encoder) at tiny widths with seeded random weights; same seed -> identical weights.
-    ``full``: SD-1.4 and SAM ViT-H shapes with seeded random weights (full-size export, timing).
+    ``tiny``: the real architectures (GLIGEN inpainting UNet, SD VAE, CLIP text model, APSAM as
+    its reference defines it) at tiny widths with seeded random weights; same seed -> identical
+    weights.
+    ``full``: SD-1.4 and APSAM ViT-B shapes with seeded random weights (full-size export, timing).
 
-Checkpoints:
-    a diffusers-format GLIGEN inpainting folder (``unet/ vae/ text_encoder/ tokenizer/``), a SAM
-    ``.pth`` and optionally the project's energy-encoder ``.safetensors``. Weights are read with
-    safetensors or ``torch.load(weights_only=True)``: loading never executes pickled code.
+Checkpoints (recognised by content, :mod:`xsyn.export.checkpoint_files`):
+    an original GLIGEN ``.pth`` (gligen/GLIGEN trainer; with a CLIP tokenizer folder), a
+    diffusers-format GLIGEN inpainting folder (``unet/ vae/ text_encoder/ tokenizer/``), a SAM
+    ``.pth`` (vit_b/l/h) or an APSAM reference ``.pth`` (xi801/APSAM). Weights are read with
+    safetensors or a restricted unpickler: loading never executes pickled code.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ from torch import nn
 
 from xsyn.errors import CheckpointError
 from xsyn.export import tokenizer as tok
-from xsyn.export.energy_encoder import EnergyAwareEncoder, EnergyEncoderConfig, load_energy_encoder
-from xsyn.export.sam_arch import TINY_SAM, VARIANTS, SamArch, build_sam, load_sam_checkpoint
+from xsyn.export.sam_arch import APSAM_VIT_B, TINY_APSAM, SamArch, build_sam, load_sam_checkpoint
 
 PRESETS = ("tiny", "full")
 
@@ -38,7 +39,8 @@ class ModelBundle:
         source: human-readable origin ("preset tiny (seed 0)", "checkpoint DIR + FILE").
         image_size: generation resolution in pixels (square), 8x the UNet latent side.
         tokenizer_dir: folder with ``vocab.json``/``merges.txt`` matching ``text_encoder``.
-        sam_arch: SAM sizes (its ``img_size`` is the SAM encoder input side).
+        sam: the segmentation model, SAM or APSAM (``sam_arch.kind``).
+        sam_arch: its sizes (``img_size`` is the encoder input side).
         profile: ``tiny`` for the tiny preset's untrained weights (the orchestrators relax their
             defaults for it), else ``standard``; the export manifests state it.
     """
@@ -52,8 +54,8 @@ class ModelBundle:
     vae: nn.Module | None = None
     sam: nn.Module | None = None
     sam_arch: SamArch | None = None
-    energy_encoder: EnergyAwareEncoder | None = None
     notes: list[str] = field(default_factory=list)
+    found: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- presets
@@ -123,9 +125,7 @@ def preset_bundle(name: str, seed: int = 0, work_dir: Path | None = None) -> Mod
     tiny = name == "tiny"
     tok_dir = tok.write_tokenizer_files((work_dir or default_work_dir()) / f"tokenizer_{name}")
     ids = tok.tokenizer_ids(tok_dir)
-    arch = TINY_SAM if tiny else VARIANTS["vit_h"]
-    energy_cfg = EnergyEncoderConfig(dim=arch.prompt_dim, num_tokens=arch.num_multimask_outputs + 1,
-                                     input_size=64 if tiny else 256)
+    arch = TINY_APSAM if tiny else APSAM_VIT_B
     return ModelBundle(
         source=f"preset {name} (seed {seed})",
         image_size=256 if tiny else 512,
@@ -136,7 +136,6 @@ def preset_bundle(name: str, seed: int = 0, work_dir: Path | None = None) -> Mod
         vae=_seeded(seed + 2, lambda: AutoencoderKL(**_vae_config(tiny))),
         sam=_seeded(seed + 3, lambda: build_sam(arch)),
         sam_arch=arch,
-        energy_encoder=_seeded(seed + 4, lambda: EnergyAwareEncoder(energy_cfg)),
     )
 
 
@@ -217,24 +216,52 @@ def load_diffusers_folder(folder: Path, bundle: ModelBundle) -> None:
     bundle.image_size = int(bundle.vae.config.sample_size)
 
 
-def checkpoint_bundle(checkpoint_dir: Path | None, sam_checkpoint: Path | None, sam_variant: str | None = None,
-                      energy_checkpoint: Path | None = None) -> ModelBundle:
-    """Modules from real checkpoint files; the parts not given stay None."""
-    parts = [str(p) for p in (checkpoint_dir, sam_checkpoint, energy_checkpoint) if p]
-    bundle = ModelBundle(source="checkpoint " + " + ".join(parts), image_size=512)
-    if checkpoint_dir:
-        load_diffusers_folder(Path(checkpoint_dir), bundle)
-    if sam_checkpoint:
-        bundle.sam, bundle.sam_arch = load_sam_checkpoint(Path(sam_checkpoint), sam_variant)
-    if energy_checkpoint:
-        bundle.energy_encoder = load_energy_encoder(Path(energy_checkpoint))
-        if bundle.sam_arch and bundle.energy_encoder.config.dim != bundle.sam_arch.prompt_dim:
-            raise CheckpointError(
-                f"{energy_checkpoint}: token width {bundle.energy_encoder.config.dim} does not match the SAM "
-                f"decoder width {bundle.sam_arch.prompt_dim}"
-            )
-    elif sam_checkpoint:
-        bundle.notes.append("no energy-encoder weights: APSAM will run as SAM with its learned mask tokens")
+def _describe_unet(unet: nn.Module) -> str:
+    c = unet.config
+    return (f"UNet {c.in_channels}-channel inpainting, gated self-attention, position net, widths "
+            f"{list(c.block_out_channels)}, context {c.cross_attention_dim}")
+
+
+def checkpoint_bundle(paths: list[Path], sam_variant: str | None = None, tokenizer_dir: Path | None = None
+                      ) -> ModelBundle:
+    """Modules from real checkpoint files, each recognised by content (:func:`detect`).
+
+    ``paths``: at most one synthesis checkpoint (original GLIGEN ``.pth`` or diffusers
+    folder) and at most one segmentation checkpoint (SAM or APSAM ``.pth``). ``tokenizer_dir``:
+    the CLIP tokenizer for an original GLIGEN ``.pth`` (which holds none). The parts not given
+    stay None; ``bundle.found`` has one line per path saying what it held.
+    """
+    from xsyn.export.checkpoint_files import detect
+    from xsyn.export.gligen_original import load_gligen_original
+
+    bundle = ModelBundle(source="checkpoint " + " + ".join(str(p) for p in paths), image_size=512)
+    for path in map(Path, paths):
+        found = detect(path)
+        if found.kind in ("diffusers_gligen", "gligen_original"):
+            if bundle.unet is not None:
+                raise CheckpointError(f"{path}: a second synthesis checkpoint; give one GLIGEN .pth or diffusers folder")
+            if found.kind == "diffusers_gligen":
+                load_diffusers_folder(path, bundle)
+                bundle.found.append(f"{path}: diffusers GLIGEN folder ({_describe_unet(bundle.unet)})")
+            else:
+                parts = load_gligen_original(found.content, path, tokenizer_dir)
+                bundle.unet, bundle.vae, bundle.text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
+                bundle.tokenizer_dir, bundle.image_size = Path(tokenizer_dir), parts["image_size"]
+                bundle.notes += parts["notes"]
+                te = bundle.text_encoder.config
+                bundle.found.append(f"{path}: original GLIGEN checkpoint ({_describe_unet(bundle.unet)}; SD VAE; CLIP "
+                                    f"text {te.num_hidden_layers}x{te.hidden_size}; {bundle.image_size} px)")
+            del found
+        else:
+            if bundle.sam is not None:
+                raise CheckpointError(f"{path}: a second segmentation checkpoint; give one SAM or APSAM .pth")
+            bundle.sam, bundle.sam_arch = load_sam_checkpoint(path, sam_variant, state=found.content)
+            a = bundle.sam_arch
+            extra = (f"input {a.img_size} px square BGR 0..1, adapters + energy CNN" if a.kind == "apsam"
+                     else f"input {a.img_size} px")
+            bundle.found.append(f"{path}: {a.label} checkpoint (ViT {a.embed_dim}x{a.depth}, {extra})")
+    if bundle.sam is None and bundle.unet is None:
+        raise CheckpointError("no checkpoint given")
     return bundle
 
 

@@ -101,6 +101,25 @@ class SamImageEncoderExport(nn.Module):
         return self.image_encoder(image)
 
 
+class ApsamImageEncoderExport(nn.Module):
+    """APSAM reference input ``[B, 3, S, S]`` (BGR, 0..1, square resize) -> image embeddings
+    ``[B, C, 32, 32]`` and mask tokens ``[B, M, C]``.
+
+    The mask tokens depend on the image only (the decoder's ``classifier`` and
+    ``query_projection`` over the energy CNN's tokens), so they are computed once per image here
+    and carried to the decoder graph as its ``mask_tokens`` input.
+    """
+
+    def __init__(self, apsam: nn.Module) -> None:
+        super().__init__()
+        self.image_encoder = apsam.image_encoder
+        self.mask_decoder = apsam.mask_decoder
+
+    def forward(self, image):
+        embedding, energy_tokens = self.image_encoder(image)
+        return embedding, self.mask_decoder.select_mask_tokens(energy_tokens)
+
+
 class SamDecoderExport(SamOnnxModel):
     """SAM prompt encoder + mask decoder with the ``SamOnnxModel`` interface plus ``mask_tokens``.
 
@@ -113,10 +132,14 @@ class SamDecoderExport(SamOnnxModel):
     Outputs: masks ``[P, M, H, W]`` logits at the original size, iou_predictions ``[P, M]``,
     low_res_masks ``[P, M, 4E, 4E]`` logits. Index 0 is SAM's single-mask output, 1.. the
     multimask outputs (``SamPredictor(multimask_output=True)`` returns ``[1:]``).
+
+    ``square``: the encoder input was the whole image resized to ``S x S`` (APSAM's pipeline):
+    masks are resized from ``S x S`` to the original size with no padding to crop.
     """
 
-    def __init__(self, sam: nn.Module) -> None:
+    def __init__(self, sam: nn.Module, square: bool = False) -> None:
         super().__init__(sam, return_single_mask=False)
+        self.square = square
 
     @torch.no_grad()
     def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size,
@@ -136,9 +159,11 @@ class SamDecoderExport(SamOnnxModel):
         size; ``index_select`` over ``arange`` keeps the crop dynamic in the graph.
         """
         masks = F.interpolate(masks, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        size = orig_im_size.to(torch.int64)
+        if self.square:
+            return F.interpolate(masks, size=(size[0], size[1]), mode="bilinear", align_corners=False)
         unpadded = self.resize_longest_image_size(orig_im_size, self.img_size)
         masks = masks.index_select(2, torch.arange(unpadded[0])).index_select(3, torch.arange(unpadded[1]))
-        size = orig_im_size.to(torch.int64)
         return F.interpolate(masks, size=(size[0], size[1]), mode="bilinear", align_corners=False)
 
 

@@ -11,10 +11,15 @@ import torch
 
 from tests.conftest import run_env
 from xsyn.errors import CheckpointError, InvalidArgument
-from xsyn.export.energy_encoder import EnergyAwareEncoder, EnergyEncoderConfig, load_energy_encoder, save_energy_encoder
 from xsyn.export.networks import parse_only
-from xsyn.export.sam_arch import TINY_SAM, VARIANTS, infer_sam_arch, load_sam_checkpoint
-from xsyn.export.sources import checkpoint_bundle
+from xsyn.export.sam_arch import TINY_APSAM, TINY_SAM, VARIANTS, build_sam, infer_sam_arch, load_sam_checkpoint
+from xsyn.export.sources import _seeded, checkpoint_bundle
+
+
+@pytest.fixture
+def tiny_sam():
+    """A seeded plain SAM at tiny widths (the tiny preset serves APSAM)."""
+    return _seeded(7, lambda: build_sam(TINY_SAM))
 
 
 def _write_diffusers_folder(bundle, folder, safe=True):
@@ -33,18 +38,22 @@ def _same(a, b):
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "torch-bin"])
 def test_diffusers_folder_loads_the_same_weights(tmp_path, tiny_bundle, safe):
     folder = _write_diffusers_folder(tiny_bundle, tmp_path / "ckpt", safe)
-    loaded = checkpoint_bundle(folder, None)
+    loaded = checkpoint_bundle([folder])
     for part in ("unet", "vae", "text_encoder"):
         assert _same(getattr(loaded, part), getattr(tiny_bundle, part)), part
     assert loaded.image_size == 256 and loaded.sam is None
 
 
-def test_sam_pth_loads_with_detected_architecture(tmp_path, tiny_bundle):
+def test_sam_and_apsam_pth_load_with_detected_architecture(tmp_path, tiny_bundle, tiny_sam):
     path = tmp_path / "sam_tiny.pth"
-    torch.save(tiny_bundle.sam.state_dict(), path)
+    torch.save(tiny_sam.state_dict(), path)
     sam, arch = load_sam_checkpoint(path)
-    assert arch == TINY_SAM and arch.variant == "custom"
-    assert _same(sam, tiny_bundle.sam)
+    assert arch == TINY_SAM and arch.variant == "custom" and arch.kind == "sam"
+    assert _same(sam, tiny_sam)
+    torch.save(tiny_bundle.sam.state_dict(), tmp_path / "apsam_tiny.pth")
+    apsam, arch = load_sam_checkpoint(tmp_path / "apsam_tiny.pth")
+    assert arch == TINY_APSAM and arch.label == "APSAM custom"
+    assert _same(apsam, tiny_bundle.sam)
 
 
 def _fake_vit_state(variant):
@@ -79,18 +88,18 @@ def test_sam_variant_is_read_off_the_weights(tmp_path, variant):
 def test_sam_file_of_another_variant_than_asked(tmp_path):
     path = tmp_path / "sam_vit_b.pth"
     torch.save(_fake_vit_state("vit_b"), path)
-    with pytest.raises(CheckpointError, match=r"sam_vit_b.pth: holds vit_b .* expected vit_h"):
+    with pytest.raises(CheckpointError, match=r"sam_vit_b.pth: holds SAM vit_b .* expected vit_h"):
         load_sam_checkpoint(path, "vit_h")
 
 
-def test_truncated_and_foreign_sam_files(tmp_path, tiny_bundle):
+def test_truncated_and_foreign_sam_files(tmp_path, tiny_sam):
     good = tmp_path / "sam.pth"
-    torch.save(tiny_bundle.sam.state_dict(), good)
+    torch.save(tiny_sam.state_dict(), good)
     cut = tmp_path / "cut.pth"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="cut.pth: unreadable torch file"):
         load_sam_checkpoint(cut)
-    with pytest.raises(CheckpointError, match="not a SAM state dict"):
+    with pytest.raises(CheckpointError, match="not a SAM or APSAM state dict"):
         torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pth")
         load_sam_checkpoint(tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="no such file"):
@@ -111,26 +120,26 @@ def test_pickled_code_is_never_executed(tmp_path, capsys):
 
 
 def test_partial_and_broken_diffusers_folders(tmp_path, tiny_bundle):
-    with pytest.raises(CheckpointError, match="no such folder"):
-        checkpoint_bundle(tmp_path / "nope", None)
+    with pytest.raises(CheckpointError, match="nope: no such file or folder"):
+        checkpoint_bundle([tmp_path / "nope"])
     folder = _write_diffusers_folder(tiny_bundle, tmp_path / "ckpt")
     shutil.rmtree(folder / "vae")
     with pytest.raises(CheckpointError, match=r"missing sub-folder\(s\) \['vae'\]"):
-        checkpoint_bundle(folder, None)
+        checkpoint_bundle([folder])
 
     folder = _write_diffusers_folder(tiny_bundle, tmp_path / "ckpt2")
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match="diffusion_pytorch_model.safetensors: unreadable safetensors"):
-        checkpoint_bundle(folder, None)
+        checkpoint_bundle([folder])
     weights.unlink()
     with pytest.raises(CheckpointError, match="unet: no weights file"):
-        checkpoint_bundle(folder, None)
+        checkpoint_bundle([folder])
 
     folder = _write_diffusers_folder(tiny_bundle, tmp_path / "ckpt3")
     (folder / "tokenizer" / "merges.txt").unlink()
     with pytest.raises(CheckpointError, match="merges.txt: missing"):
-        checkpoint_bundle(folder, None)
+        checkpoint_bundle([folder])
 
 
 def test_a_plain_sd_unet_is_not_taken_for_gligen_inpainting(tmp_path, tiny_bundle):
@@ -142,20 +151,7 @@ def test_a_plain_sd_unet_is_not_taken_for_gligen_inpainting(tmp_path, tiny_bundl
     cfg["in_channels"] = 4
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="expected a GLIGEN inpainting UNet"):
-        checkpoint_bundle(folder, None)
-
-
-def test_energy_encoder_file_roundtrip_and_checks(tmp_path, tiny_bundle):
-    path = tmp_path / "energy.safetensors"
-    save_energy_encoder(tiny_bundle.energy_encoder, path)
-    assert _same(load_energy_encoder(path), tiny_bundle.energy_encoder)
-    torch.save(tiny_bundle.sam.state_dict(), tmp_path / "sam.pth")
-    wrong = EnergyAwareEncoder(EnergyEncoderConfig(dim=64, num_tokens=4, input_size=64))
-    save_energy_encoder(wrong, tmp_path / "wide.safetensors")
-    with pytest.raises(CheckpointError, match="token width 64 does not match the SAM decoder width 32"):
-        checkpoint_bundle(None, tmp_path / "sam.pth", energy_checkpoint=tmp_path / "wide.safetensors")
-    no_energy = checkpoint_bundle(None, tmp_path / "sam.pth")
-    assert no_energy.energy_encoder is None and "APSAM will run as SAM" in no_energy.notes[0]
+        checkpoint_bundle([folder])
 
 
 def test_unknown_only_name():
@@ -169,9 +165,9 @@ def _cli(*args, env=None):
 
 
 @pytest.mark.slow
-def test_cli_exports_from_checkpoint_files(tmp_path, tiny_bundle, cache_home):
+def test_cli_exports_from_checkpoint_files(tmp_path, tiny_bundle, tiny_sam, cache_home):
     folder = _write_diffusers_folder(tiny_bundle, tmp_path / "ckpt")
-    torch.save(tiny_bundle.sam.state_dict(), tmp_path / "sam.pth")
+    torch.save(tiny_sam.state_dict(), tmp_path / "sam.pth")
     out = tmp_path / "repo"
     proc = _cli("--checkpoint-dir", str(folder), "--sam-checkpoint", str(tmp_path / "sam.pth"),
                 "--out", str(out), "--only", "text_encoder,sam_decoder", env=run_env(cache_home))
@@ -180,15 +176,17 @@ def test_cli_exports_from_checkpoint_files(tmp_path, tiny_bundle, cache_home):
     assert not (out / "unet").exists()
 
 
-def test_cli_bad_input_is_one_clear_line(tmp_path, cache_home, tiny_bundle):
+def test_cli_bad_input_is_one_clear_line(tmp_path, cache_home, tiny_sam):
     env = run_env(cache_home)
-    torch.save(tiny_bundle.sam.state_dict(), tmp_path / "sam.pth")
+    torch.save(tiny_sam.state_dict(), tmp_path / "sam.pth")
     cases = [
         (["--preset", "tiny", "--only", "unet,bogus"], "unknown graph name(s) ['bogus']"),
         (["--preset", "tiny", "--engine", "tensorrt"], "needs the `tensorrt` Python package"),
-        (["--checkpoint-dir", str(tmp_path / "missing")], "no such folder"),
+        (["--checkpoint-dir", str(tmp_path / "missing")], "missing: no such file or folder"),
         (["--sam-checkpoint", str(tmp_path / "none.pth")], "none.pth: no such file"),
-        (["--sam-checkpoint", str(tmp_path / "sam.pth"), "--only", "unet"], "graph unet needs --checkpoint-dir"),
+        (["--sam-checkpoint", str(tmp_path / "sam.pth"), "--only", "unet"], "graph unet needs --checkpoint (a GLIGEN .pth"),
+        (["--checkpoint", str(tmp_path / "sam.pth"), "--checkpoint", str(tmp_path / "sam.pth")],
+         "a second segmentation checkpoint"),
         (["--sam-checkpoint", str(tmp_path / "sam.pth"), "--sam-variant", "vit_h"], "holds custom"),
         (["--preset", "tiny", "--sam-checkpoint", str(tmp_path / "sam.pth")], "brings its own weights"),
     ]

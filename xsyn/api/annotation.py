@@ -28,8 +28,8 @@ class SegmentRequest(BaseModel):
     multimask: bool = False
     adaptive_points: bool = True
     seed: int = Field(0, ge=0, lt=2**31)
-    #: ``auto``: the energy encoder's tokens when it was exported (APSAM), else SAM's;
-    #: ``sam``: SAM's learned mask tokens regardless.
+    #: ``auto``: the model's own tokens (APSAM: from the image's energy CNN; SAM: learned);
+    #: ``sam``: SAM's learned mask tokens (a plain SAM export only; APSAM has none).
     tokens: Literal["auto", "sam"] = "auto"
 
     @field_validator("points")

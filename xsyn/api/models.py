@@ -6,8 +6,7 @@ names equal to the network and pipeline specs.
 """
 
 PIPELINE_MODELS = ("xsyn", "apsam")
-LEAF_MODELS = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "sam_image_encoder", "sam_decoder",
-               "apsam_energy_encoder")
+LEAF_MODELS = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "sam_image_encoder", "sam_decoder")
 SERVED_MODELS = PIPELINE_MODELS + LEAF_MODELS
 
 
