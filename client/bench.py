@@ -106,24 +106,72 @@ def bench_reference(bundle, device: str, precision: str, size: int, steps: int, 
         requires_safety_checker=False).to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
     sam = bundle.sam.to(device)
-    amg = SamAutomaticMaskGenerator(sam, points_per_side=8)
-    predictor = SamPredictor(sam)
+    if bundle.sam_arch.kind == "apsam":
+        segment_grid, segment_box = _apsam_reference(sam, device)
+    else:
+        amg, predictor = SamAutomaticMaskGenerator(sam, points_per_side=8), SamPredictor(sam)
+        segment_grid = amg.generate
+
+        def segment_box(picture, box_px):
+            predictor.set_image(picture)
+            predictor.predict(box=np.array(box_px), multimask_output=False)
     image = _image(size)
     box = [v / size for v in BOXES[0]]
 
     def run_once():
-        amg.generate(image)  # idle regions / occluders on the input
+        segment_grid(image)  # idle regions / occluders on the input
         out = pipe(prompt=CLASSES[0], gligen_phrases=CLASSES, gligen_boxes=[box],
                    gligen_inpaint_image=Image.fromarray(image), gligen_scheduled_sampling_beta=1.0,
                    num_inference_steps=steps, guidance_scale=7.5, output_type="np", height=size, width=size).images[0]
-        predictor.set_image((out * 255).astype(np.uint8))  # CAR's SAM pass on the generated image
-        predictor.predict(box=np.array(BOXES[0]), multimask_output=False)
+        segment_box((out * 255).astype(np.uint8), BOXES[0])  # CAR's SAM pass on the generated image
         _sync(device)
 
     with torch.inference_mode():
         times = _timed(run_once, repeats)
-    return {"end_to_end_ms": _median_ms(times), "what": "StableDiffusionGLIGENPipeline + SamAutomaticMaskGenerator "
-            "(8x8 points) + SamPredictor, same weights", "dtype": str(dtype).replace("torch.", "")}
+    seg = ("APSAM PyTorch: encoder + 8x8 point grid, encoder + box" if bundle.sam_arch.kind == "apsam"
+           else "SamAutomaticMaskGenerator (8x8 points) + SamPredictor")
+    return {"end_to_end_ms": _median_ms(times), "what": f"StableDiffusionGLIGENPipeline + {seg}, same weights",
+            "dtype": str(dtype).replace("torch.", "")}
+
+
+def _apsam_reference(apsam, device: str):
+    """APSAM's reference code has no mask generator or predictor: the same work in plain PyTorch.
+
+    Returns ``(grid, box)``: ``grid(image)`` runs the encoder and an 8x8 point grid through the
+    decoder (what automatic masks cost); ``box(image, xyxy)`` the encoder and one box prompt.
+    """
+    import torch
+
+    from xsyn.export.wrappers import predict_masks_with_tokens
+
+    side = apsam.image_encoder.img_size
+
+    def encode(picture):
+        bgr = torch.from_numpy(np.ascontiguousarray(picture[..., ::-1])).permute(2, 0, 1)[None].float().to(device)
+        x = torch.nn.functional.interpolate(bgr, (side, side), mode="bilinear", align_corners=False) / 255.0
+        embedding, energy = apsam.image_encoder(x)
+        return embedding, apsam.mask_decoder.select_mask_tokens(energy)
+
+    def decode(embedding, tokens, coords, labels, boxes=None):
+        sparse, dense = apsam.prompt_encoder(points=(coords, labels) if coords is not None else None, boxes=boxes,
+                                             masks=None)
+        return predict_masks_with_tokens(apsam.mask_decoder, embedding, apsam.prompt_encoder.get_dense_pe(), sparse,
+                                         dense, tokens)
+
+    def grid(picture):
+        embedding, tokens = encode(picture)
+        g = (np.arange(8) + 0.5) / 8 * side
+        coords = torch.tensor(np.stack(np.meshgrid(g, g), -1).reshape(-1, 1, 2), dtype=torch.float32, device=device)
+        decode(embedding, tokens, coords, torch.ones(64, 1, device=device))
+
+    def box(picture, xyxy):
+        embedding, tokens = encode(picture)
+        h, w = picture.shape[:2]
+        scaled = torch.tensor([[xyxy[0] * side / w, xyxy[1] * side / h, xyxy[2] * side / w, xyxy[3] * side / h]],
+                              device=device)
+        decode(embedding, tokens, None, None, scaled)
+
+    return grid, box
 
 
 def bench_bare_unet(repo: Path, settings, steps: int, repeats: int) -> dict:

@@ -27,6 +27,7 @@ import collections
 import pickle
 import types
 import typing
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,9 @@ RESTRICTED_PICKLE = types.SimpleNamespace(Unpickler=RestrictedUnpickler, load=_r
 def read_torch_file(path: Path, what: str = "checkpoint"):
     """Unpickle a torch file (zip or legacy format) with the restricted unpickler, tensors on CPU.
 
+    Zip-format files are memory-mapped: a tensor's bytes are read when it is used, so a
+    multi-GB checkpoint is not held in memory while the export works network by network.
+
     Raises CheckpointError: no such file; a global outside the allow-list ("would import
     X.Y"); truncated or corrupt.
     """
@@ -110,7 +114,8 @@ def read_torch_file(path: Path, what: str = "checkpoint"):
     if not path.is_file():
         raise CheckpointError(f"{what} {path}: no such file")
     try:
-        return torch.load(str(path), map_location="cpu", pickle_module=RESTRICTED_PICKLE, weights_only=False)
+        return torch.load(str(path), map_location="cpu", pickle_module=RESTRICTED_PICKLE, weights_only=False,
+                          mmap=zipfile.is_zipfile(path))  # zip files: tensors paged in when used
     except RefusedGlobal as exc:
         raise CheckpointError(f"{what} {path}: refused: the pickle would import {exc} (only tensors, containers and "
                               f"OmegaConf configuration load; no pickled code runs)") from None

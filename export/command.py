@@ -9,7 +9,7 @@ from pathlib import Path
 
 from xsyn.errors import InvalidArgument
 from xsyn.export.build import GraphResult, run_export
-from xsyn.export.networks import NETWORK_NAMES, parse_only, select_networks
+from xsyn.export.networks import PART_OF, NETWORK_NAMES, parse_only, parts_in_order, select_networks
 from xsyn.export.sources import PRESETS, checkpoint_bundle, preset_bundle
 
 DEFAULT_OUT = Path("model_repository")
@@ -55,14 +55,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         bundle = checkpoint_bundle(paths, args.sam_variant, args.tokenizer)
     layers = tuple(x.strip() for x in args.capture_layers.split(",")) if args.capture_layers else None
-    networks = select_networks(bundle, only, layers)
+    select_networks(bundle, only, layers, build=False)  # every named graph has its source (or a clear error)
+    names = [n for n in NETWORK_NAMES if (only is None or n in only) and bundle.has(PART_OF[n])]
     for line in bundle.found:
         print(f"found {line}", flush=True)
-    print(f"xsyn export: {len(networks)} graph(s) from {bundle.source} -> {args.out}/", flush=True)
+    print(f"xsyn export: {len(names)} graph(s) from {bundle.source} -> {args.out}/", flush=True)
     for note in bundle.notes:
         print(f"  note: {note}", flush=True)
-    results = run_export(networks, args.out, bundle.source, engine=args.engine, fp16=not args.fp32_engine,
-                         profile=bundle.profile, on_progress=_progress)
+    results: list[GraphResult] = []
+    for part, group in parts_in_order(names):  # one part's weights in memory at a time
+        done = len(results)
+        networks = select_networks(bundle, tuple(group), layers)
+        results += run_export(networks, args.out, bundle.source, engine=args.engine, fp16=not args.fp32_engine,
+                              profile=bundle.profile, force=args.force,
+                              on_progress=lambda i, n, name, r: _progress(done + i, len(names), name, r))
+        del networks
+        bundle.release(part)
     print(summary_table(results))
     print(f"parity report: {args.out / 'parity_report.json'}   total {time.perf_counter() - started:.1f} s")
     failed = [r for r in results if r.status == "failed"]

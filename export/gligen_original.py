@@ -15,6 +15,8 @@ the derived buffers listed below. A key left over or missing is an error naming 
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +79,7 @@ def _sub(key: str, prefix: str, new_prefix: str, table: dict[str, str] | None = 
         for old, new in table.items():
             if rest.startswith(old + "."):
                 return f"{new_prefix}.{new}.{rest[len(old) + 1:]}"
-        raise CheckpointError(f"GLIGEN UNet {key}: unexpected tensor in a residual block")
+        raise CheckpointError(f"model.{key}: unexpected tensor in a residual block")
     return f"{new_prefix}.{rest}"
 
 
@@ -112,20 +114,22 @@ def unet_key_map(cfg: dict) -> list[tuple[str, str, dict | None]]:
     return m
 
 
-def convert_unet(state: dict, params: dict) -> nn.Module:
-    """The ldm GLIGEN UNet state dict -> ``UNet2DConditionModel(attention_type="gated")``."""
+def convert_unet(state: dict, params: dict, check_only: bool = False) -> nn.Module:
+    """The ldm GLIGEN UNet state dict -> ``UNet2DConditionModel(attention_type="gated")``.
+    ``check_only``: build on the meta device and only check names and shapes (no memory)."""
     from diffusers import UNet2DConditionModel
 
     cfg = unet_config(state, params)
     table = unet_key_map(cfg)
-    renamed = {}
+    renamed, origin = {}, {}
     for key, tensor in state.items():
         new = next((r for prefix, target, sub in table if (r := _sub(key, prefix, target, sub)) is not None), None)
         if new is None:
-            raise CheckpointError(f"GLIGEN UNet tensor {key}: no counterpart in the diffusers UNet (unexpected key)")
-        renamed[new] = tensor
-    unet = UNet2DConditionModel(**cfg)
-    _load_strict(unet, renamed, "GLIGEN UNet (model)")
+            raise CheckpointError(f"model.{key}: no counterpart in the diffusers UNet (unexpected key)")
+        renamed[new], origin[new] = tensor, f"model.{key}"
+    with torch.device("meta" if check_only else "cpu"):
+        unet = UNet2DConditionModel(**cfg)
+    _load_strict(unet, renamed, "GLIGEN UNet (model)", check_only, origin)
     return unet.eval()
 
 
@@ -161,35 +165,36 @@ def _vae_key(key: str, levels: int) -> str:
     raise KeyError(key)
 
 
-def convert_vae(state: dict, params: dict) -> nn.Module:
+def convert_vae(state: dict, params: dict, check_only: bool = False) -> nn.Module:
     """ldm ``AutoencoderKL`` state dict -> diffusers ``AutoencoderKL`` (1x1 attention convs -> linears)."""
     from diffusers import AutoencoderKL
 
     dd = dict(SD14_VAE, **{k: v for k, v in (params.get("ddconfig") or {}).items() if k in SD14_VAE})
     levels = len(dd["ch_mult"])
-    renamed = {}
+    renamed, origin = {}, {}
     for key, tensor in state.items():
         try:
             new = _vae_key(key, levels)
         except (KeyError, IndexError, ValueError):
-            raise CheckpointError(f"GLIGEN autoencoder tensor {key}: no counterpart in the diffusers VAE (unexpected key)") from None
+            raise CheckpointError(f"autoencoder.{key}: no counterpart in the diffusers VAE (unexpected key)") from None
         if ".attentions." in new and new.endswith("weight") and tensor.ndim == 4:
             tensor = tensor[:, :, 0, 0]
-        renamed[new] = tensor
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=int(params.get("embed_dim", 4)),
-        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=tuple(dd["ch"] * m for m in dd["ch_mult"]), layers_per_block=dd["num_res_blocks"],
-        norm_num_groups=32, sample_size=int(dd["resolution"]) if "resolution" in dd else 256,
-        scaling_factor=float(params.get("scale_factor", SD14_VAE["scale_factor"])),
-    )
-    _load_strict(vae, renamed, "GLIGEN autoencoder")
+        renamed[new], origin[new] = tensor, f"autoencoder.{key}"
+    with torch.device("meta" if check_only else "cpu"):
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=int(params.get("embed_dim", 4)),
+            down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+            block_out_channels=tuple(dd["ch"] * m for m in dd["ch_mult"]), layers_per_block=dd["num_res_blocks"],
+            norm_num_groups=32, sample_size=int(dd["resolution"]) if "resolution" in dd else 256,
+            scaling_factor=float(params.get("scale_factor", SD14_VAE["scale_factor"])),
+        )
+    _load_strict(vae, renamed, "GLIGEN autoencoder", check_only, origin)
     return vae.eval()
 
 
 # ----------------------------------------------------------------------------- text encoder
 
-def convert_text_encoder(state: dict, ids: dict[str, int]) -> nn.Module:
+def convert_text_encoder(state: dict, ids: dict[str, int], check_only: bool = False) -> nn.Module:
     """``FrozenCLIPEmbedder`` state (``transformer.text_model.*``) -> ``CLIPTextModel``.
 
     The file holds no text config: sizes are read off the shapes, heads are 64 wide and the
@@ -198,17 +203,17 @@ def convert_text_encoder(state: dict, ids: dict[str, int]) -> nn.Module:
     """
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    renamed, position_ids = {}, None
+    renamed, position_ids, origin = {}, None, {}
     for key, tensor in state.items():
         # transformers 4.x saved ``transformer.text_model.*``; 5.x drops ``text_model.``
         if not key.startswith("transformer."):
-            raise CheckpointError(f"GLIGEN text_encoder tensor {key}: expected transformer.* (FrozenCLIPEmbedder)")
+            raise CheckpointError(f"text_encoder.{key}: expected transformer.* (FrozenCLIPEmbedder)")
         new = key[len("transformer."):]
         new = new[len("text_model."):] if new.startswith("text_model.") else new
         if new == "embeddings.position_ids":  # a saved arange buffer of older transformers
             position_ids = (key, tensor)
             continue
-        renamed[new] = tensor
+        renamed[new], origin[new] = tensor, f"text_encoder.{key}"
     if position_ids is not None and not torch.equal(position_ids[1].flatten().long(), torch.arange(position_ids[1].numel())):
         raise CheckpointError(f"GLIGEN text_encoder {position_ids[0]}: expected 0..{position_ids[1].numel() - 1}")
     try:
@@ -226,10 +231,12 @@ def convert_text_encoder(state: dict, ids: dict[str, int]) -> nn.Module:
         raise CheckpointError(f"GLIGEN text_encoder: missing tensor transformer.text_model.{exc.args[0]}") from None
     if ids["vocab_size"] > emb.shape[0]:
         raise CheckpointError(f"tokenizer: {ids['vocab_size']} tokens, but the text encoder embeds only {emb.shape[0]}")
-    model = CLIPTextModel(config)
+    with torch.device("meta" if check_only else "cpu"):
+        model = CLIPTextModel(config)
     if all(k.startswith("text_model.") for k in model.state_dict()):
         renamed = {"text_model." + k: v for k, v in renamed.items()}
-    _load_strict(model, renamed, "GLIGEN text_encoder")
+        origin = {"text_model." + k: v for k, v in origin.items()}
+    _load_strict(model, renamed, "GLIGEN text_encoder", check_only, origin)
     return model.eval()
 
 
@@ -261,10 +268,22 @@ def check_schedule(state: dict, params: dict, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- whole file
 
-def load_gligen_original(content: dict, path: Path, tokenizer_dir: Path | None) -> dict:
-    """Modules of an original GLIGEN checkpoint: ``unet``, ``vae``, ``text_encoder``, plus
-    ``image_size`` and the notes to print. ``tokenizer_dir``: CLIP ``vocab.json``/``merges.txt``
-    (the file holds none)."""
+@dataclass
+class PreparedGligen:
+    """A checked original GLIGEN checkpoint: ``loaders`` build ``unet``/``vae``/``text_encoder``
+    one at a time (the export streams them), ``image_size`` in pixels, ``notes`` to print and a
+    one-line ``summary`` of what the file holds."""
+
+    loaders: dict
+    image_size: int
+    notes: list
+    summary: str
+
+
+def prepare_gligen_original(content: dict, path: Path, tokenizer_dir: Path | None) -> PreparedGligen:
+    """Check an original GLIGEN checkpoint's layout, config, schedule and tokenizer now; convert
+    its networks later, each when its loader is called. ``tokenizer_dir``: CLIP
+    ``vocab.json``/``merges.txt`` (the file holds none)."""
     from xsyn.export.tokenizer import tokenizer_ids
 
     unknown = sorted(set(content) - {"model", "autoencoder", "text_encoder", "diffusion", *TRAINING_STATE})
@@ -276,34 +295,71 @@ def load_gligen_original(content: dict, path: Path, tokenizer_dir: Path | None) 
     for fname in ("vocab.json", "merges.txt"):
         if not (Path(tokenizer_dir) / fname).is_file():
             raise CheckpointError(f"--tokenizer {tokenizer_dir}: {fname} missing")
+    ids = tokenizer_ids(Path(tokenizer_dir))
     config = plain_config(content.get("config_dict")) or {}
-    notes = []
-    if not config:
-        notes.append("no config_dict: SD-1.4 sizes assumed for the UNet and VAE")
+    notes = [] if config else ["no config_dict: SD-1.4 sizes assumed for the UNet and VAE"]
+
     def params(part):
         return ((config.get(part) or {}).get("params") or {}) if isinstance(config, dict) else {}
+
     if "diffusion" in content:
         check_schedule(content["diffusion"], params("diffusion"), path)
     if "ema" in content:
         notes.append("ema weights present and not used: the served UNet is `model`, as gligen_inference.py loads it")
-    unet = convert_unet(content["model"], params("model"))
-    vae = convert_vae(content["autoencoder"], params("autoencoder"))
-    text = convert_text_encoder(content["text_encoder"], tokenizer_ids(Path(tokenizer_dir)))
-    if text.config.hidden_size != unet.config.cross_attention_dim:
-        raise CheckpointError(f"{path}: text encoder width {text.config.hidden_size} != UNet context_dim "
-                              f"{unet.config.cross_attention_dim}")
-    image_size = 8 * int(unet.config.sample_size)
-    vae.register_to_config(sample_size=image_size)
-    return {"unet": unet, "vae": vae, "text_encoder": text, "image_size": image_size, "notes": notes}
+    try:
+        unet_cfg = unet_config(content["model"], params("model"))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    try:
+        text_width = content["text_encoder"][next(k for k in content["text_encoder"]
+                                                   if k.endswith("embeddings.token_embedding.weight"))].shape[1]
+    except StopIteration:
+        raise CheckpointError(f"{path}: text_encoder holds no token embedding (not a FrozenCLIPEmbedder)") from None
+    if text_width != unet_cfg["cross_attention_dim"]:
+        raise CheckpointError(f"{path}: text encoder width {text_width} != UNet context_dim "
+                              f"{unet_cfg['cross_attention_dim']}")
+    image_size = 8 * int(unet_cfg["sample_size"])
+
+    def vae():
+        module = convert_vae(content["autoencoder"], params("autoencoder"))
+        module.register_to_config(sample_size=image_size)
+        return module
+
+    # every name and shape checked now (meta device: no memory), so that a bad file stops the
+    # export before any graph is written; the loaders convert for real, one part at a time
+    try:
+        convert_unet(content["model"], params("model"), check_only=True)
+        convert_vae(content["autoencoder"], params("autoencoder"), check_only=True)
+        convert_text_encoder(content["text_encoder"], ids, check_only=True)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    loaders = {"unet": lambda: convert_unet(content["model"], params("model")), "vae": vae,
+               "text_encoder": lambda: convert_text_encoder(content["text_encoder"], ids)}
+    layers = len({m.group(1) for k in content["text_encoder"] if (m := re.search(r"encoder\.layers\.(\d+)\.", k))})
+    summary = (f"UNet 9-channel inpainting, gated self-attention, position net, widths "
+               f"{list(unet_cfg['block_out_channels'])}, context {unet_cfg['cross_attention_dim']}; SD VAE; "
+               f"CLIP text {layers}x{text_width}; {image_size} px")
+    return PreparedGligen(loaders, image_size, notes, summary)
 
 
-def _load_strict(model: nn.Module, state: dict, what: str) -> None:
+def load_gligen_original(content: dict, path: Path, tokenizer_dir: Path | None) -> dict:
+    """All modules at once: ``unet``, ``vae``, ``text_encoder``, ``image_size``, ``notes``."""
+    prepared = prepare_gligen_original(content, path, tokenizer_dir)  # (checks every tensor first)
+    return {**{k: f() for k, f in prepared.loaders.items()}, "image_size": prepared.image_size, "notes": prepared.notes}
+
+
+def _load_strict(model: nn.Module, state: dict, what: str, check_only: bool = False,
+                 origin: dict[str, str] | None = None) -> None:
+    """Strict load; errors name the checkpoint's own keys (``origin``: our name -> theirs)."""
+    origin = origin or {}
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{what}: weights do not match the architecture: missing {missing[:4]}, "
-                              f"unexpected {unexpected[:4]}")
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
+        raise CheckpointError(f"{what}: weights do not match the architecture: missing {missing[:4]} (diffusers "
+                              f"names), unexpected {[origin.get(k, k) for k in unexpected[:4]]}")
+    wrong = [f"{origin.get(k, k)} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if tuple(state[k].shape) != tuple(v.shape)]
     if wrong:
         raise CheckpointError(f"{what}: tensor shapes do not match the architecture: {wrong[:3]}")
-    model.load_state_dict(state, strict=True)
+    if not check_only:
+        model.load_state_dict(state, strict=True)

@@ -273,7 +273,7 @@ def sam_decoder_network(bundle: ModelBundle) -> Network:
 
 # ----------------------------------------------------------------------------- selection
 
-_NEEDS = {
+PART_OF = {
     "text_encoder": "text_encoder", "unet": "unet", "vae_encoder": "vae", "vae_decoder": "vae",
     "sam_image_encoder": "sam", "sam_decoder": "sam",
 }
@@ -295,13 +295,23 @@ def parse_only(only: str | None) -> tuple[str, ...] | None:
     return names
 
 
+def parts_in_order(names) -> list[tuple[str, list[str]]]:
+    """Graph names grouped by the bundle part they are exported from, in :data:`NETWORK_NAMES`
+    order: ``[("text_encoder", ["text_encoder"]), ("unet", ["unet"]), ("vae", [...]), ...]``."""
+    groups: dict[str, list[str]] = {}
+    for name in NETWORK_NAMES:
+        if name in names:
+            groups.setdefault(PART_OF[name], []).append(name)
+    return list(groups.items())
+
+
 def select_networks(bundle: ModelBundle, only: tuple[str, ...] | None = None,
-                    capture_layers: tuple[str, ...] | None = None) -> list[Network]:
+                    capture_layers: tuple[str, ...] | None = None, build: bool = True) -> list[Network]:
     """Networks to export, in :data:`NETWORK_NAMES` order.
 
     With ``only`` given, every named graph must have its source (else InvalidArgument naming the
     missing option). Without it, graphs whose source is absent are skipped (e.g. only a SAM
-    checkpoint: no synthesis graphs).
+    checkpoint: no synthesis graphs). ``build=False`` only checks (no module is loaded).
     """
     builders = {
         "text_encoder": text_encoder_network, "unet": lambda b: unet_network(b, capture_layers),
@@ -312,10 +322,11 @@ def select_networks(bundle: ModelBundle, only: tuple[str, ...] | None = None,
     for name in NETWORK_NAMES:
         if only is not None and name not in only:
             continue
-        part = _NEEDS[name]
-        if getattr(bundle, part) is None:
+        part = PART_OF[name]
+        if not bundle.has(part):
             if only is not None:
                 raise InvalidArgument(f"graph {name} needs {_HINT[part]}, which was not given")
             continue
-        chosen.append(builders[name](bundle))
+        if build:
+            chosen.append(builders[name](bundle))
     return chosen

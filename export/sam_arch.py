@@ -163,7 +163,8 @@ def infer_sam_arch(state: dict[str, torch.Tensor], path: Path) -> SamArch:
         mask_in = state["prompt_encoder.mask_downscaling.3.weight"].shape[0]
         dec_depth = len({k.split(".")[3] for k in state if k.startswith("mask_decoder.transformer.layers.")})
         dec_mlp = state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]
-        n_tokens = len({k.split(".")[2] for k in state if k.startswith("mask_decoder.output_hypernetworks_mlps.")})
+        n_tokens = (state["mask_decoder.mask_tokens.weight"].shape[0] if kind == "sam" else  # APSAM learns none
+                    len({k.split(".")[2] for k in state if k.startswith("mask_decoder.output_hypernetworks_mlps.")}))
         iou_layers = len({k.split(".")[3] for k in state if k.startswith("mask_decoder.iou_prediction_head.layers.")})
         iou_hidden = state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0]
     except KeyError as exc:
@@ -177,21 +178,31 @@ def infer_sam_arch(state: dict[str, torch.Tensor], path: Path) -> SamArch:
     )
 
 
-def load_sam_checkpoint(path: Path, variant: str | None = None, state: dict | None = None):
+def load_sam_checkpoint(path: Path, variant: str | None = None, state: dict | None = None, check_only: bool = False):
     """Build SAM or APSAM from a ``.pth`` (or ``.safetensors``) state dict.
 
     Args:
         path: checkpoint file (e.g. ``sam_vit_h_4b8939.pth``, or an APSAM reference ``.pth``).
         variant: ``vit_h``/``vit_l``/``vit_b`` to insist on, or None to accept what is detected.
         state: the state dict when already read (format detection reads it once).
+        check_only: build on the meta device and only check names and shapes.
 
     Returns:
         ``(sam, arch)``. Raises CheckpointError for missing, truncated, foreign or
         other-variant files.
     """
+    state = read_weights(Path(path), what="SAM checkpoint") if state is None else state
+    arch = check_sam_checkpoint(path, variant, state)
+    with torch.device("meta" if check_only else "cpu"):
+        sam = build_sam(arch)
+    load_state_strict(sam, state, path, check_only)
+    return sam.eval(), arch
+
+
+def check_sam_checkpoint(path: Path, variant: str | None, state: dict) -> SamArch:
+    """The architecture of a SAM/APSAM state dict, checked against an insisted ``variant``."""
     if variant is not None and variant not in VARIANTS:
         raise CheckpointError(f"--sam-variant {variant!r}: expected one of {sorted(VARIANTS)}")
-    state = read_weights(Path(path), what="SAM checkpoint") if state is None else state
     if model_kind(state) is None:
         raise CheckpointError(f"{path}: not a SAM or APSAM state dict (none of {SAM_MARKERS + APSAM_MARKERS} present)")
     arch = infer_sam_arch(state, path)
@@ -200,10 +211,8 @@ def load_sam_checkpoint(path: Path, variant: str | None = None, state: dict | No
             f"SAM checkpoint {path}: holds {arch.label} (embed dim {arch.embed_dim}, depth {arch.depth}), "
             f"expected {variant} (embed dim {VARIANTS[variant].embed_dim}, depth {VARIANTS[variant].depth})"
         )
-    sam = build_sam(arch)
-    load_state_strict(sam, state, path)
-    return sam.eval(), arch
+    return arch
 
 
 __all__ = ["SamArch", "VARIANTS", "TINY_SAM", "TINY_APSAM", "APSAM_VIT_B", "build_sam", "infer_sam_arch",
-           "load_sam_checkpoint", "model_kind"]
+           "load_sam_checkpoint", "check_sam_checkpoint", "model_kind"]

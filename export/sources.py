@@ -15,11 +15,13 @@ Checkpoints (recognised by content, :mod:`xsyn.export.checkpoint_files`):
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -31,9 +33,17 @@ from xsyn.export.sam_arch import APSAM_VIT_B, TINY_APSAM, SamArch, build_sam, lo
 PRESETS = ("tiny", "full")
 
 
+PARTS = ("text_encoder", "unet", "vae", "sam")
+
+
 @dataclass
 class ModelBundle:
     """The PyTorch modules every graph is exported from (None where a source lacks one).
+
+    The modules (``text_encoder``, ``unet``, ``vae``, ``sam``) are built on first access from
+    ``loaders`` (part -> function returning the module), and :meth:`release` drops one again:
+    the export streams the weights part by part instead of holding every full-size module at
+    once. Assigning a part sets it directly.
 
     Attributes:
         source: human-readable origin ("preset tiny (seed 0)", "checkpoint DIR + FILE").
@@ -48,14 +58,37 @@ class ModelBundle:
     source: str
     image_size: int
     profile: str = "standard"
-    text_encoder: nn.Module | None = None
     tokenizer_dir: Path | None = None
-    unet: nn.Module | None = None
-    vae: nn.Module | None = None
-    sam: nn.Module | None = None
     sam_arch: SamArch | None = None
     notes: list[str] = field(default_factory=list)
     found: list[str] = field(default_factory=list)
+    loaders: dict[str, Callable[[], nn.Module]] = field(default_factory=dict)
+    _modules: dict[str, nn.Module] = field(default_factory=dict, repr=False)
+
+    def has(self, part: str) -> bool:
+        """Whether the source provides ``part`` (loaded or loadable)."""
+        return self._modules.get(part) is not None or part in self.loaders
+
+    def release(self, part: str) -> None:
+        """Drop the loaded module of ``part`` (its loader stays: a later access rebuilds it)."""
+        self._modules.pop(part, None)
+        gc.collect()
+
+
+def _part_property(part: str) -> property:
+    def get(self: ModelBundle):
+        if self._modules.get(part) is None and part in self.loaders:
+            self._modules[part] = self.loaders[part]()
+        return self._modules.get(part)
+
+    def set_(self: ModelBundle, module) -> None:
+        self._modules[part] = module
+
+    return property(get, set_, doc=f"the {part} module (built on first access)")
+
+
+for _part in PARTS:
+    setattr(ModelBundle, _part, _part_property(_part))
 
 
 # ----------------------------------------------------------------------------- presets
@@ -126,17 +159,14 @@ def preset_bundle(name: str, seed: int = 0, work_dir: Path | None = None) -> Mod
     tok_dir = tok.write_tokenizer_files((work_dir or default_work_dir()) / f"tokenizer_{name}")
     ids = tok.tokenizer_ids(tok_dir)
     arch = TINY_APSAM if tiny else APSAM_VIT_B
-    return ModelBundle(
-        source=f"preset {name} (seed {seed})",
-        image_size=256 if tiny else 512,
-        profile="tiny" if tiny else "standard",
-        text_encoder=_seeded(seed, lambda: CLIPTextModel(_clip_config(tiny, ids))),
-        tokenizer_dir=tok_dir,
-        unet=_seeded(seed + 1, lambda: UNet2DConditionModel(**_unet_config(tiny))),
-        vae=_seeded(seed + 2, lambda: AutoencoderKL(**_vae_config(tiny))),
-        sam=_seeded(seed + 3, lambda: build_sam(arch)),
-        sam_arch=arch,
-    )
+    loaders = {
+        "text_encoder": lambda: _seeded(seed, lambda: CLIPTextModel(_clip_config(tiny, ids))),
+        "unet": lambda: _seeded(seed + 1, lambda: UNet2DConditionModel(**_unet_config(tiny))),
+        "vae": lambda: _seeded(seed + 2, lambda: AutoencoderKL(**_vae_config(tiny))),
+        "sam": lambda: _seeded(seed + 3, lambda: build_sam(arch)),
+    }
+    return ModelBundle(source=f"preset {name} (seed {seed})", image_size=256 if tiny else 512,
+                       profile="tiny" if tiny else "standard", tokenizer_dir=tok_dir, sam_arch=arch, loaders=loaders)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -209,17 +239,19 @@ def load_diffusers_folder(folder: Path, bundle: ModelBundle) -> None:
             f"{folder / 'unet' / 'config.json'}: expected a GLIGEN inpainting UNet (attention_type 'gated', "
             f"in_channels 9), found attention_type {unet_cfg.get('attention_type')!r}, in_channels {unet_cfg.get('in_channels')!r}"
         )
-    bundle.unet = _from_pretrained(UNet2DConditionModel, folder, "unet")
-    bundle.vae = _from_pretrained(AutoencoderKL, folder, "vae")
-    bundle.text_encoder = _from_pretrained(CLIPTextModel, folder, "text_encoder")
+    loaders = dict(
+        unet=lambda: _from_pretrained(UNet2DConditionModel, folder, "unet"),
+        vae=lambda: _from_pretrained(AutoencoderKL, folder, "vae"),
+        text_encoder=lambda: _from_pretrained(CLIPTextModel, folder, "text_encoder"),
+    )
+    for load in loaders.values():  # every part read once now (then dropped): a bad file stops the
+        load()                     # export before any graph is written
+        gc.collect()
+    bundle.loaders.update(loaders)
     bundle.tokenizer_dir = folder / "tokenizer"
-    bundle.image_size = int(bundle.vae.config.sample_size)
-
-
-def _describe_unet(unet: nn.Module) -> str:
-    c = unet.config
-    return (f"UNet {c.in_channels}-channel inpainting, gated self-attention, position net, widths "
-            f"{list(c.block_out_channels)}, context {c.cross_attention_dim}")
+    bundle.image_size = int(_part_config(folder / "vae").get("sample_size", 512))
+    bundle.found.append(f"{folder}: diffusers GLIGEN folder (UNet 9-channel inpainting, gated self-attention, widths "
+                        f"{list(unet_cfg.get('block_out_channels', []))}, context {unet_cfg.get('cross_attention_dim')})")
 
 
 def checkpoint_bundle(paths: list[Path], sam_variant: str | None = None, tokenizer_dir: Path | None = None
@@ -232,35 +264,34 @@ def checkpoint_bundle(paths: list[Path], sam_variant: str | None = None, tokeniz
     stay None; ``bundle.found`` has one line per path saying what it held.
     """
     from xsyn.export.checkpoint_files import detect
-    from xsyn.export.gligen_original import load_gligen_original
+    from xsyn.export.gligen_original import prepare_gligen_original
 
     bundle = ModelBundle(source="checkpoint " + " + ".join(str(p) for p in paths), image_size=512)
     for path in map(Path, paths):
         found = detect(path)
         if found.kind in ("diffusers_gligen", "gligen_original"):
-            if bundle.unet is not None:
+            if bundle.has("unet"):
                 raise CheckpointError(f"{path}: a second synthesis checkpoint; give one GLIGEN .pth or diffusers folder")
             if found.kind == "diffusers_gligen":
                 load_diffusers_folder(path, bundle)
-                bundle.found.append(f"{path}: diffusers GLIGEN folder ({_describe_unet(bundle.unet)})")
             else:
-                parts = load_gligen_original(found.content, path, tokenizer_dir)
-                bundle.unet, bundle.vae, bundle.text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
-                bundle.tokenizer_dir, bundle.image_size = Path(tokenizer_dir), parts["image_size"]
-                bundle.notes += parts["notes"]
-                te = bundle.text_encoder.config
-                bundle.found.append(f"{path}: original GLIGEN checkpoint ({_describe_unet(bundle.unet)}; SD VAE; CLIP "
-                                    f"text {te.num_hidden_layers}x{te.hidden_size}; {bundle.image_size} px)")
-            del found
+                gligen = prepare_gligen_original(found.content, path, tokenizer_dir)
+                bundle.loaders.update(gligen.loaders)
+                bundle.tokenizer_dir, bundle.image_size = Path(tokenizer_dir), gligen.image_size
+                bundle.notes += gligen.notes
+                bundle.found.append(f"{path}: original GLIGEN checkpoint ({gligen.summary})")
         else:
-            if bundle.sam is not None:
+            if bundle.has("sam"):
                 raise CheckpointError(f"{path}: a second segmentation checkpoint; give one SAM or APSAM .pth")
-            bundle.sam, bundle.sam_arch = load_sam_checkpoint(path, sam_variant, state=found.content)
+            held = {"state": found.content}
+            bundle.sam_arch = load_sam_checkpoint(path, sam_variant, held["state"], check_only=True)[1]
+            bundle.loaders["sam"] = lambda path=path, held=held: load_sam_checkpoint(path, sam_variant, held.pop("state"))[0]
             a = bundle.sam_arch
             extra = (f"input {a.img_size} px square BGR 0..1, adapters + energy CNN" if a.kind == "apsam"
                      else f"input {a.img_size} px")
             bundle.found.append(f"{path}: {a.label} checkpoint (ViT {a.embed_dim}x{a.depth}, {extra})")
-    if bundle.sam is None and bundle.unet is None:
+        del found
+    if not bundle.has("sam") and not bundle.has("unet"):
         raise CheckpointError("no checkpoint given")
     return bundle
 

@@ -52,8 +52,9 @@ def read_weights(path: Path, what: str = "weights") -> dict[str, torch.Tensor]:
     return read_torch_weights(path, what)
 
 
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """``model.load_state_dict(state, strict=True)`` with one error naming the file and keys."""
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, check_only: bool = False) -> None:
+    """``model.load_state_dict(state, strict=True)`` with one error naming the file and keys.
+    ``check_only``: compare names and shapes only (``model`` may live on the meta device)."""
     expected, given = set(model.state_dict()), set(state)
     missing, unexpected = sorted(expected - given), sorted(given - expected)
     if missing or unexpected:
@@ -61,6 +62,13 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Pa
             f"{path}: weights do not match the architecture: {len(missing)} missing "
             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
         )
+    expected_shapes = model.state_dict()
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected_shapes.items()
+             if tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise CheckpointError(f"{path}: tensor shapes do not match the architecture: {wrong[:3]}")
+    if check_only:
+        return
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

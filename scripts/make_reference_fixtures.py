@@ -147,24 +147,13 @@ GLIGEN_TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, 
                    max_position_embeddings=77, hidden_act="quick_gelu")
 
 
-def gligen_fixture(repo: Path, out: Path) -> dict:
-    """Tiny inpainting GLIGEN built by the reference's ``instantiate_from_config`` + outputs.
+def _gligen_checkpoint(repo: Path, yaml: str, text_config: dict, path: Path):
+    """Instantiate the reference's modules from ``yaml`` as ``trainer.py`` does, randomise the
+    zero-initialised tensors, save the trainer's checkpoint dict. Returns (UNet, (VAE, text))."""
+    import types
 
-    ``FrozenCLIPEmbedder`` downloads ``openai/clip-vit-large-patch14``; here its
-    ``CLIPTextModel``/``CLIPTokenizer`` names are pointed at a tiny seeded CLIP text model
-    (same class, ViT-L/14's activation and 64-wide heads) so that no download happens.
-    """
     from omegaconf import OmegaConf
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from xsyn.export.tokenizer import tokenizer_ids, write_tokenizer_files
-
-    # A small CLIP BPE vocabulary (data: vocab.json + merges.txt) stands in for ViT-L/14's.
-    ids_info = tokenizer_ids(write_tokenizer_files(out / "gligen_tiny_tokenizer"))
-    text_config = dict(GLIGEN_TEXT, vocab_size=ids_info["vocab_size"], bos_token_id=ids_info["bos_token_id"],
-                       eos_token_id=ids_info["eos_token_id"], pad_token_id=ids_info["pad_token_id"])
-
-    import types
 
     sys.path.insert(0, str(repo))
     # modules.py imports OpenAI's ``clip`` package for FrozenCLIPTextEmbedder, which GLIGEN's
@@ -173,15 +162,14 @@ def gligen_fixture(repo: Path, out: Path) -> dict:
     import ldm.modules.encoders.modules as encoders
     from ldm.util import instantiate_from_config
 
-    class _TinyClip:
+    class _Clip:  # FrozenCLIPEmbedder's from_pretrained, without a download
         @staticmethod
         def from_pretrained(_name):
             return CLIPTextModel(CLIPTextConfig(**text_config))
 
-    encoders.CLIPTextModel = _TinyClip
+    encoders.CLIPTextModel = _Clip
     encoders.CLIPTokenizer = type("_NoTokenizer", (), {"from_pretrained": staticmethod(lambda _name: None)})
-
-    config = OmegaConf.create(GLIGEN_TINY_YAML)
+    config = OmegaConf.create(yaml)
     config.update({"inpaint_mode": True, "enable_ema": False, "name": "xsyn_fixture"})  # as main.py does
     config.model.params.inpaint_mode = True
     torch.manual_seed(SEED)
@@ -195,7 +183,25 @@ def gligen_fixture(repo: Path, out: Path) -> dict:
     ckpt = dict(model=model.state_dict(), text_encoder=text_encoder.state_dict(),
                 autoencoder=autoencoder.state_dict(), diffusion=diffusion.state_dict(), opt=opt.state_dict(),
                 scheduler={"last_epoch": 0}, iters=1, config_dict=vars(config))
-    torch.save(ckpt, out / "gligen_tiny.pth")
+    torch.save(ckpt, path)
+    return model, (autoencoder, text_encoder)
+
+
+def gligen_fixture(repo: Path, out: Path) -> dict:
+    """Tiny inpainting GLIGEN built by the reference's ``instantiate_from_config`` + outputs.
+
+    ``FrozenCLIPEmbedder`` downloads ``openai/clip-vit-large-patch14``; here its
+    ``CLIPTextModel``/``CLIPTokenizer`` names are pointed at a tiny seeded CLIP text model
+    (same class, ViT-L/14's activation and 64-wide heads) so that no download happens.
+    """
+    from xsyn.export.tokenizer import tokenizer_ids, write_tokenizer_files
+
+    # A small CLIP BPE vocabulary (data: vocab.json + merges.txt) stands in for ViT-L/14's.
+    ids_info = tokenizer_ids(write_tokenizer_files(out / "gligen_tiny_tokenizer"))
+    text_config = dict(GLIGEN_TEXT, vocab_size=ids_info["vocab_size"], bos_token_id=ids_info["bos_token_id"],
+                       eos_token_id=ids_info["eos_token_id"], pad_token_id=ids_info["pad_token_id"])
+
+    model, (autoencoder, text_encoder) = _gligen_checkpoint(repo, GLIGEN_TINY_YAML, text_config, out / "gligen_tiny.pth")
 
     # Fixed inputs, in the reference's own calling convention.
     gen = torch.Generator().manual_seed(SEED)
@@ -235,8 +241,84 @@ def gligen_fixture(repo: Path, out: Path) -> dict:
         latent=z.numpy(), decoded=decoded.numpy(), input_ids=ids.numpy().astype(np.int32),
         last_hidden_state=text.last_hidden_state.numpy(), pooled_output=text.pooler_output.numpy(),
     )
-    print(f"GLIGEN: {out / 'gligen_tiny.pth'} (unet {len(ckpt['model'])} tensors), noise_pred {tuple(noise.shape)}")
+    print(f"GLIGEN: {out / 'gligen_tiny.pth'} (unet {len(model.state_dict())} tensors), noise_pred {tuple(noise.shape)}")
     return {"gligen": {"yaml": GLIGEN_TINY_YAML, "text_encoder": text_config, "reference_commit": _commit(repo)}}
+
+
+# ----------------------------------------------------------------------------- full size (not committed)
+
+def full_size_files(gligen_repo: Path | None, apsam_repo: Path | None, out: Path) -> None:
+    """Full-size checkpoints in each reference layout with seeded random weights, and the
+    reference outputs on one fixed input, for the full-size conversion check (GBs: not committed).
+
+    ``gligen_sd14.pth`` (SD-1.4 inpainting GLIGEN, the reference's flickr_text.yaml sizes),
+    ``apsam_vit_b.pth`` (``build_apsam_vit_b``, input 256), ``sam_vit_b.pth`` and
+    ``sam_vit_h.pth`` (``segment_anything.build_sam_vit_b/h``), plus ``full_outputs.npz``.
+    """
+    import gc
+
+    out.mkdir(parents=True, exist_ok=True)
+    outputs = {}
+    if gligen_repo:
+        yaml = GLIGEN_TINY_YAML
+        for old, new in (("image_size: 32", "image_size: 64"), ("model_channels: 32", "model_channels: 320"),
+                         ("num_res_blocks: 1\n    channel_mult: [1, 1, 2, 2]", "num_res_blocks: 2\n    channel_mult: [1, 2, 4, 4]"),
+                         ("num_heads: 4", "num_heads: 8"), ("context_dim: 128", "context_dim: 768"),
+                         ("{in_dim: 128, out_dim: 128}", "{in_dim: 768, out_dim: 768}"),
+                         ("ch: 32,\n               ch_mult: [1, 1, 2, 2], num_res_blocks: 1",
+                          "ch: 128,\n               ch_mult: [1, 2, 4, 4], num_res_blocks: 2")):
+            assert old in yaml, old
+            yaml = yaml.replace(old, new)
+        text = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                    max_position_embeddings=77, hidden_act="quick_gelu", vocab_size=49408, bos_token_id=49406,
+                    eos_token_id=49407, pad_token_id=49407)
+        model, _ = _gligen_checkpoint(gligen_repo, yaml, text, out / "gligen_sd14.pth")
+        gen = torch.Generator().manual_seed(SEED)
+        x = torch.randn(1, 9, 64, 64, generator=gen)
+        boxes = torch.zeros(1, 30, 4)
+        boxes[0, 0] = torch.tensor([0.2, 0.3, 0.6, 0.7])
+        masks = torch.zeros(1, 30)
+        masks[0, 0] = 1
+        inputs = dict(sample=x, timestep=torch.tensor([500.0]), encoder_hidden_states=torch.randn(1, 77, 768, generator=gen),
+                      boxes=boxes, phrase_embeddings=torch.randn(1, 30, 768, generator=gen) * masks[..., None],
+                      box_masks=masks)
+        with torch.no_grad():
+            noise = model({"x": x[:, :4], "timesteps": inputs["timestep"], "context": inputs["encoder_hidden_states"],
+                           "inpainting_extra_input": x[:, 4:],
+                           "grounding_input": {"boxes": boxes, "masks": masks,
+                                               "positive_embeddings": inputs["phrase_embeddings"]}})
+        outputs.update({f"unet_{k}": v.numpy() for k, v in inputs.items()}, unet_noise_pred=noise.numpy())
+        del model
+        gc.collect()
+    if apsam_repo:
+        sys.path.insert(0, str(apsam_repo))
+        from types import SimpleNamespace
+
+        from models.segment_anything_samus.build_sam_us import build_apsam_vit_b
+
+        torch.manual_seed(SEED)
+        model = build_apsam_vit_b(SimpleNamespace(encoder_input_size=256)).eval()
+        _randomise_zero_params(model, SEED + 1)
+        torch.save(model.state_dict(), out / "apsam_vit_b.pth", _use_new_zipfile_serialization=False)
+        imgs = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(SEED))
+        energy = torch.cat([imgs.amax(1, keepdim=True), imgs.amin(1, keepdim=True)], 1)
+        pt = (torch.tensor([[[100.0, 120.0], [140.0, 90.0]]]), torch.ones(1, 2))
+        with torch.no_grad():
+            res = model(imgs, energy, pt)
+        outputs.update(apsam_image=imgs.numpy(), apsam_points=pt[0].numpy(), apsam_low_res=res["low_res_logits"].numpy())
+        del model
+        gc.collect()
+    from segment_anything import build_sam_vit_b, build_sam_vit_h
+
+    for name, build in (("sam_vit_b", build_sam_vit_b), ("sam_vit_h", build_sam_vit_h)):
+        torch.manual_seed(SEED)
+        model = build(checkpoint=None).eval()
+        _randomise_zero_params(model, SEED + 1)
+        torch.save(model.state_dict(), out / f"{name}.pth")
+        del model
+        gc.collect()
+    np.savez(out / "full_outputs.npz", **outputs)
+    print(f"full size: {sorted(p.name for p in out.iterdir())}")
 
 
 def _commit(repo: Path) -> str:
@@ -254,7 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--apsam-repo", type=Path, help="checkout of github.com/xi801/APSAM")
     p.add_argument("--gligen-repo", type=Path, help="checkout of github.com/gligen/GLIGEN")
     p.add_argument("--out", type=Path, default=Path("tests/fixtures/reference"))
+    p.add_argument("--full-size", type=Path, metavar="DIR",
+                   help="instead: write full-size reference-layout checkpoints (GBs, not committed) into DIR")
     args = p.parse_args(argv)
+    if args.full_size:
+        full_size_files(args.gligen_repo, args.apsam_repo, args.full_size)
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     info_path = args.out / "fixtures.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}

@@ -44,6 +44,26 @@ def tiny_bundle(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def tiny_sam_export(tmp_path_factory, cache_home):
+    """Plain SAM keeps working: ``xsyn export --sam-checkpoint`` of a seeded tiny SAM ``.pth``
+    (the tiny preset serves APSAM). Returns (repository with the two SAM graphs, the SAM module)."""
+    import torch
+
+    from xsyn.export.sam_arch import TINY_SAM, build_sam
+    from xsyn.export.sources import _seeded
+
+    folder = tmp_path_factory.mktemp("sam")
+    sam = _seeded(3, lambda: build_sam(TINY_SAM))
+    torch.save(sam.state_dict(), folder / "sam_tiny.pth")
+    proc = subprocess.run([sys.executable, "-m", "xsyn.client.cli", "export", "--sam-checkpoint",
+                           str(folder / "sam_tiny.pth"), "--out", str(folder / "repo")],
+                          capture_output=True, text=True, env=run_env(cache_home), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "sam_tiny.pth: SAM custom checkpoint" in proc.stdout
+    return folder / "repo", sam
+
+
+@pytest.fixture(scope="session")
 def tiny_repo(tiny_export):
     out, proc, _ = tiny_export
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -11,19 +11,22 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("nms", [0.7, 0.99])
-def test_same_masks_as_sam_automatic_mask_generator(tiny_repo, tiny_bundle, nms):
+def test_same_masks_as_sam_automatic_mask_generator(tiny_sam_export, nms):
     from segment_anything import SamAutomaticMaskGenerator
 
-    assets = PipelineAssets.load(tiny_repo)
-    runner = LocalRunner(tiny_repo)
+    from xsyn.ensembles.assets import ANNOTATION_GRAPHS
+
+    repo, sam = tiny_sam_export
+    assets = PipelineAssets.load(repo, ANNOTATION_GRAPHS)
+    runner = LocalRunner(repo)
     image = np.random.default_rng(3).integers(0, 256, (96, 144, 3), dtype=np.uint8)
     # thresholds relaxed so that untrained weights leave masks (0 disables a filter in both)
     settings = AmgSettings(points_per_side=6, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                            box_nms_thresh=nms)
-    sam_image = SamImage.from_embedding(runner, embed_images(runner, [image], assets.sam_size)[0], image.shape[:2],
-                                        assets.sam_size, assets.sam_mask_tokens)
+    embeddings, tokens = embed_images(runner, [image], assets)
+    sam_image = SamImage.from_embedding(runner, embeddings[0], image.shape[:2], assets, tokens[0])
     ours = generate_masks(sam_image, settings)
-    reference = SamAutomaticMaskGenerator(tiny_bundle.sam, points_per_side=6, points_per_batch=16, pred_iou_thresh=0.0,
+    reference = SamAutomaticMaskGenerator(sam, points_per_side=6, points_per_batch=16, pred_iou_thresh=0.0,
                                           stability_score_thresh=0.0, box_nms_thresh=nms).generate(image)
     assert len(ours) == len(reference) > 0
     ref_sorted = sorted(reference, key=lambda m: (-m["predicted_iou"], m["point_coords"][0]))

@@ -1,8 +1,8 @@
-"""The `apsam` annotation model through a real tritonserver (tiny preset), and in-process modes."""
+"""The `apsam` annotation model through a real tritonserver (tiny preset: APSAM), and the same
+orchestrator in-process on a plain SAM export (``sam`` mode vs segment_anything)."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 
 import numpy as np
@@ -40,37 +40,47 @@ PROMPTS = {
 
 @pytest.mark.parametrize("multimask", [True, False], ids=["multimask", "single"])
 @pytest.mark.parametrize("shape", [(110, 170), (160, 125)], ids=["wide", "tall"])
-def test_sam_mode_equals_sam_predictor(tiny_server, tiny_bundle, shape, multimask):
-    """Reference: segment_anything.SamPredictor on the same tiny weights. Tolerance: scores and
-    low-res logits within 1e-4 of the output scale; binary masks agree on >= 99.9% of pixels."""
+def test_sam_mode_equals_sam_predictor(tiny_sam_export, shape, multimask):
+    """A plain SAM export through the annotation orchestrator (in-process: the code the `apsam`
+    model runs in Triton). Reference: segment_anything.SamPredictor on the same weights.
+    Tolerance: scores and low-res logits within 1e-4 of the output scale; binary masks agree on
+    >= 99.9% of pixels."""
     from segment_anything import SamPredictor
 
+    from xsyn.api.annotation import SegmentRequest
+    from xsyn.ensembles.annotation import Annotator
+    from xsyn.ensembles.assets import ANNOTATION_GRAPHS, PipelineAssets
+    from xsyn.ensembles.embedding_cache import EmbeddingCache
+    from xsyn.ensembles.runner import LocalRunner
+
+    repo, sam = tiny_sam_export
+    annotator = Annotator(LocalRunner(repo), PipelineAssets.load(repo, ANNOTATION_GRAPHS), EmbeddingCache(10**8))
     image = _image(sum(shape), *shape)
-    predictor = SamPredictor(tiny_bundle.sam)
+    predictor = SamPredictor(sam)
     predictor.set_image(image)
-    with XsynClient(tiny_server.options.grpc_url) as client:
-        key = client.embed(image).key
-        for name, prompt in PROMPTS.items():
-            for previous in (None, "previous"):
-                mask_input = None
-                if previous:  # a second click that sends the first click's low-res logits
-                    _, _, low = predictor.predict(point_coords=np.array([[50.0, 40.0]]), point_labels=np.array([1]),
-                                                  multimask_output=False)
-                    mask_input = low[None].astype(np.float32)
-                got = client.segment(key, prompt.get("points", ()), prompt.get("labels", ()), box=prompt.get("box"),
-                                     mask_input=mask_input, multimask=multimask, adaptive_points=False, tokens="sam")
-                masks, scores, low = predictor.predict(
-                    point_coords=np.array(prompt["points"]) if "points" in prompt else None,
-                    point_labels=np.array(prompt["labels"]) if "labels" in prompt else None,
-                    box=np.array(prompt["box"]) if "box" in prompt else None,
-                    mask_input=mask_input[0] if mask_input is not None else None, multimask_output=multimask)
-                assert got.response.mode == "sam"
-                assert len(got.response.masks) == len(masks), name
-                for ours, ref_mask, ref_score in zip(got.response.masks, masks, scores):
-                    assert ours.score == pytest.approx(float(ref_score), abs=1e-4), (name, previous)
-                    assert (_decode(ours.rle) == ref_mask).mean() >= 0.999, (name, previous)
-                best = int(np.argmax(scores))
-                np.testing.assert_allclose(got.low_res_mask[0, 0], low[best], atol=1e-4 * np.abs(low).max())
+    key = annotator.embed(image).key
+    for name, prompt in PROMPTS.items():
+        for previous in (None, "previous"):
+            mask_input = None
+            if previous:  # a second click that sends the first click's low-res logits
+                _, _, low = predictor.predict(point_coords=np.array([[50.0, 40.0]]), point_labels=np.array([1]),
+                                              multimask_output=False)
+                mask_input = low[None].astype(np.float32)
+            request = SegmentRequest(key=key, points=prompt.get("points", []), labels=prompt.get("labels", []),
+                                     box=prompt.get("box"), multimask=multimask, adaptive_points=False)
+            response, got_low = annotator.segment(request, mask_input)
+            masks, scores, low = predictor.predict(
+                point_coords=np.array(prompt["points"]) if "points" in prompt else None,
+                point_labels=np.array(prompt["labels"]) if "labels" in prompt else None,
+                box=np.array(prompt["box"]) if "box" in prompt else None,
+                mask_input=mask_input[0] if mask_input is not None else None, multimask_output=multimask)
+            assert response.mode == "sam"
+            assert len(response.masks) == len(masks), name
+            for ours, ref_mask, ref_score in zip(response.masks, masks, scores):
+                assert ours.score == pytest.approx(float(ref_score), abs=1e-4), (name, previous)
+                assert (_decode(ours.rle) == ref_mask).mean() >= 0.999, (name, previous)
+            best = int(np.argmax(scores))
+            np.testing.assert_allclose(got_low[0, 0], low[best], atol=1e-4 * np.abs(low).max())
 
 
 def _encoder_executions(client):
@@ -85,13 +95,13 @@ def test_clicks_reuse_the_embedding_and_apsam_tokens_are_used(tiny_server, clien
         first = sdk.embed(image)
         again = sdk.embed(image)
         apsam = sdk.segment(first.key, [[50.0, 40.0]], [1], adaptive_points=False)
-        sam = sdk.segment(first.key, [[50.0, 40.0]], [1], adaptive_points=False, tokens="sam")
+        with pytest.raises(InvalidArgument, match="APSAM, which has none"):
+            sdk.segment(first.key, [[50.0, 40.0]], [1], adaptive_points=False, tokens="sam")
         adaptive = sdk.segment(first.key, [[50.0, 40.0]], [1], seed=3)
         adaptive_again = sdk.segment(first.key, [[50.0, 40.0]], [1], seed=3)
     assert _encoder_executions(client) - before == 1
     assert first.mode == "apsam" and again.cached and again.key == first.key
-    assert apsam.response.mode == "apsam" and sam.response.mode == "sam"
-    assert apsam.response.masks[0].score != sam.response.masks[0].score  # the energy tokens replaced SAM's
+    assert apsam.response.mode == "apsam" and apsam.low_res_mask.shape == (1, 1, 128, 128)
     assert len(adaptive.response.adaptive_points) == 2 and len(adaptive.response.points) == 3
     assert adaptive.response == adaptive_again.response  # seeded, deterministic
     assert adaptive.response.masks[0].polygons and adaptive.response.masks[0].rle["size"] == [120, 160]
@@ -159,18 +169,17 @@ def test_bad_annotation_input(tiny_server, client):
         assert sdk.segment(key, [[10.0, 10.0]], [1]).response.masks
 
 
-def test_without_energy_weights_apsam_runs_as_sam(tiny_repo, tmp_path):
+def test_a_plain_sam_export_runs_in_sam_mode(tiny_sam_export):
     from xsyn.api.annotation import SegmentRequest
     from xsyn.ensembles.annotation import Annotator
     from xsyn.ensembles.assets import ANNOTATION_GRAPHS, PipelineAssets
     from xsyn.ensembles.embedding_cache import EmbeddingCache
     from xsyn.ensembles.runner import LocalRunner
 
-    repo = tmp_path / "repo"
-    for name in ANNOTATION_GRAPHS:
-        shutil.copytree(tiny_repo / name, repo / name)
+    repo, _ = tiny_sam_export
     assets = PipelineAssets.load(repo, ANNOTATION_GRAPHS)
     annotator = Annotator(LocalRunner(repo), assets, EmbeddingCache(10**7))
     embedded = annotator.embed(_image(9, 90, 120))
     response, low = annotator.segment(SegmentRequest(key=embedded.key, points=[[30.0, 30.0]], labels=[1]))
+    assert assets.sam_input == "sam" and assets.sam_mask_tokens.shape == (1, 4, 32)
     assert embedded.mode == "sam" and response.mode == "sam" and low.shape == (1, 1, 32, 32)

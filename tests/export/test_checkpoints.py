@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,7 +188,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, cache_home, tiny_sam):
         (["--sam-checkpoint", str(tmp_path / "sam.pth"), "--only", "unet"], "graph unet needs --checkpoint (a GLIGEN .pth"),
         (["--checkpoint", str(tmp_path / "sam.pth"), "--checkpoint", str(tmp_path / "sam.pth")],
          "a second segmentation checkpoint"),
-        (["--sam-checkpoint", str(tmp_path / "sam.pth"), "--sam-variant", "vit_h"], "holds custom"),
+        (["--sam-checkpoint", str(tmp_path / "sam.pth"), "--sam-variant", "vit_h"], "holds SAM custom"),
         (["--preset", "tiny", "--sam-checkpoint", str(tmp_path / "sam.pth")], "brings its own weights"),
     ]
     for args, message in cases:
@@ -196,3 +197,93 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, cache_home, tiny_sam):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("xsyn: error:") and message in lines[0], (args, proc.stderr)
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").rglob("export_manifest.json"))
+
+
+# ----------------------------------------------------------------------------- reference layouts: bad input
+
+REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
+
+
+def _gligen_content():
+    """The GLIGEN fixture as plain Python (its OmegaConf config as dicts), to alter and re-save."""
+    from xsyn.export.checkpoint_files import plain_config, read_torch_file
+
+    content = read_torch_file(REFERENCE / "gligen_tiny.pth")
+    content["config_dict"] = plain_config(content["config_dict"])
+    return content
+
+
+def _bundle(*paths, tokenizer=REFERENCE / "gligen_tiny_tokenizer"):
+    return checkpoint_bundle(list(paths), tokenizer_dir=tokenizer)
+
+
+def test_reference_layouts_are_recognised_and_converted_lazily():
+    bundle = _bundle(REFERENCE / "gligen_tiny.pth", REFERENCE / "apsam_tiny.pth")
+    assert [line.split(": ", 1)[1].split(" (")[0] for line in bundle.found] == [
+        "original GLIGEN checkpoint", "APSAM custom checkpoint"]
+    assert bundle.image_size == 256 and bundle.sam_arch.kind == "apsam"
+    assert not bundle._modules  # checked, not built: the export builds one part at a time
+    assert bundle.unet.config.in_channels == 9 and set(bundle._modules) == {"unet"}
+    bundle.release("unet")
+    assert not bundle._modules
+
+
+@pytest.mark.parametrize("case", ["truncated", "shape", "extra key", "missing key", "schedule", "no tokenizer",
+                                  "runs code", "another model", "apsam shape"])
+def test_bad_reference_checkpoints_are_one_line_naming_file_and_key(tmp_path, case):
+    path = tmp_path / f"{case.replace(' ', '_')}.pth"
+    tokenizer = REFERENCE / "gligen_tiny_tokenizer"
+    if case == "truncated":
+        data = (REFERENCE / "gligen_tiny.pth").read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+        expected = "unreadable torch file, truncated or corrupt"
+    elif case in ("shape", "extra key", "missing key", "schedule", "no tokenizer", "runs code"):
+        content = _gligen_content()
+        key = "output_blocks.2.1.transformer_blocks.0.fuser.linear.weight"
+        if case == "shape":
+            content["model"][key] = torch.zeros(3, 3)
+            expected = "tensor shapes do not match"
+        elif case == "extra key":
+            content["model"]["position_net.extra.weight"] = torch.zeros(2)
+            expected = "unexpected ['model.position_net.extra.weight']"
+        elif case == "missing key":
+            del content["model"][key]
+            expected = "missing ["
+        elif case == "schedule":
+            content["diffusion"]["betas"] = content["diffusion"]["betas"] * 2
+            expected = "diffusion.betas is not the scaled-linear schedule"
+        elif case == "no tokenizer":
+            tokenizer = None
+            expected = "give --tokenizer DIR"
+        else:
+            content["iters"] = Payload()
+            expected = "refused: the pickle would import __builtin__.print"
+        torch.save(content, path)
+    elif case == "another model":
+        torch.save(torch.nn.Conv2d(3, 8, 3).state_dict(), path)
+        expected = "neither SAM, APSAM nor GLIGEN"
+    else:
+        state = torch.load(REFERENCE / "apsam_tiny.pth", weights_only=True)
+        state["mask_decoder.query_projection.weight"] = torch.zeros(5, 5)
+        torch.save(state, path)
+        expected = "mask_decoder.query_projection.weight (5, 5) vs (32, 32)"
+    with pytest.raises(CheckpointError) as info:
+        _bundle(path, tokenizer=tokenizer)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and expected in message, message
+    if case == "shape":
+        assert "fuser.linear.weight (3, 3)" in message
+    if case == "missing key":
+        assert "fuser.linear.weight" in message
+
+
+def test_cli_bad_reference_checkpoint_leaves_nothing_in_the_repository(tmp_path, cache_home):
+    content = _gligen_content()
+    content["model"]["out.2.weight"] = torch.zeros(1)
+    torch.save(content, tmp_path / "bad.pth")
+    out = tmp_path / "repo"
+    proc = _cli("--checkpoint", str(tmp_path / "bad.pth"), "--tokenizer", str(REFERENCE / "gligen_tiny_tokenizer"),
+                "--checkpoint", str(REFERENCE / "apsam_tiny.pth"), "--out", str(out), env=run_env(cache_home))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "out.2.weight" in lines[0] and "bad.pth" in lines[0], proc.stderr
+    assert not out.exists() or not any(out.rglob("*.onnx"))

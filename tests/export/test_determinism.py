@@ -10,7 +10,7 @@ from xsyn.export.sources import preset_bundle
 
 def _state(bundle):
     return {part: getattr(bundle, part).state_dict()
-            for part in ("text_encoder", "unet", "vae", "sam", "energy_encoder")}
+            for part in ("text_encoder", "unet", "vae", "sam")}
 
 
 def test_same_seed_same_weights_and_graphs(tmp_path):

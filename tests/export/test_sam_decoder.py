@@ -1,4 +1,5 @@
-"""SAM graphs vs segment_anything: injected mask tokens, and SamPredictor with the learned tokens."""
+"""Plain SAM checkpoints keep working: the graphs exported from a SAM ``.pth`` vs segment_anything
+(injected mask tokens, and SamPredictor with the learned tokens)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from xsyn.export.onnx_export import compare_outputs, onnxruntime_outputs
 
 pytestmark = pytest.mark.slow
 OUTS = ["masks", "iou_predictions", "low_res_masks"]
+
+
+@pytest.fixture
+def sam_export(tiny_sam_export):
+    return tiny_sam_export
 
 
 def _decoder_reference(sam, embedding, coords, labels, tokens, orig_hw, multimask):
@@ -34,9 +40,8 @@ def _resized(hw, longest):
     return int(hw[0] * scale + 0.5), int(hw[1] * scale + 0.5)
 
 
-def test_decoder_with_injected_tokens_matches_pytorch(tiny_export, tiny_bundle):
-    out, proc, _ = tiny_export
-    assert proc.returncode == 0
+def test_decoder_with_injected_tokens_matches_pytorch(sam_export):
+    out, sam = sam_export
     rng = np.random.default_rng(5)
     p, n, orig_hw = 6, 3, (90, 128)
     embedding = rng.standard_normal((1, 32, 8, 8)).astype(np.float32)
@@ -52,22 +57,21 @@ def test_decoder_with_injected_tokens_matches_pytorch(tiny_export, tiny_bundle):
         "orig_im_size": np.array(orig_hw, np.float32), "mask_tokens": tokens[None],
     }
     got = onnxruntime_outputs(out / "sam_decoder" / "1" / "model.onnx", inputs, OUTS)
-    multi = _decoder_reference(tiny_bundle.sam, embedding, coords, labels, tokens, orig_hw, multimask=True)
-    single = _decoder_reference(tiny_bundle.sam, embedding, coords, labels, tokens, orig_hw, multimask=False)
+    multi = _decoder_reference(sam, embedding, coords, labels, tokens, orig_hw, multimask=True)
+    single = _decoder_reference(sam, embedding, coords, labels, tokens, orig_hw, multimask=False)
     report = compare_outputs(OUTS, multi, [g[:, 1:] for g in got], 1e-4)
     report |= {k + "_single": v for k, v in compare_outputs(OUTS, single, [g[:, :1] for g in got], 1e-4).items()}
     assert all(v["ok"] for v in report.values()), report
 
 
-def test_encoder_and_decoder_with_learned_tokens_match_sam_predictor(tiny_export, tiny_bundle):
+def test_encoder_and_decoder_with_learned_tokens_match_sam_predictor(sam_export):
     from segment_anything import SamPredictor
 
-    out, proc, _ = tiny_export
-    assert proc.returncode == 0
+    out, sam = sam_export
     rng = np.random.default_rng(9)
     image = rng.integers(0, 256, (75, 140, 3), dtype=np.uint8)  # non-square
     point, box = np.array([[60.0, 30.0]]), np.array([20.0, 10.0, 110.0, 70.0])
-    predictor = SamPredictor(tiny_bundle.sam)
+    predictor = SamPredictor(sam)
     predictor.set_image(image)
     ref_masks, ref_iou, ref_low = predictor.predict(point_coords=point, point_labels=np.array([1]), box=box,
                                                     multimask_output=True, return_logits=True)

@@ -74,8 +74,8 @@ def _leaf_cases(bundle):
         ("has_mask_input 2", *sample("sam_decoder", has_mask_input=np.array([2.0], np.float32)), "has_mask_input"),
         ("wrong image side", "sam_image_encoder",
          {"image": np.zeros((1, 3, 17, 17), np.float32)}, "image"),
-        ("NaN energy input", "apsam_energy_encoder",
-         {"image": np.full((1, 3) + nets["apsam_energy_encoder"].spec.inputs[0].shape[2:], np.nan, np.float32)}, "NaN"),
+        ("NaN encoder input", "sam_image_encoder",
+         {"image": np.full((1, 3) + nets["sam_image_encoder"].spec.inputs[0].shape[2:], np.nan, np.float32)}, "NaN"),
     ]
 
 

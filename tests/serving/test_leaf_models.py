@@ -77,7 +77,7 @@ def _raw(client, model, tensors):
 
 
 def test_bad_requests_get_invalid_argument_and_the_server_stays_ready(client, tiny_bundle):
-    image = np.zeros((1, 3, 64, 64), np.float32)
+    image = np.zeros((1, 3, 128, 128), np.float32)
     spec, good_unet = _unet_request(tiny_bundle, 0)
     unet_tensors = [(t.name, good_unet[t.name].reshape(1, 1) if t.name == "timestep" else good_unet[t.name],
                      "FP32") for t in spec.inputs]
@@ -87,9 +87,9 @@ def test_bad_requests_get_invalid_argument_and_the_server_stays_ready(client, ti
                            point_labels=np.ones((1, 40), np.float32))
     nan_tokens = dict(sam_in, mask_tokens=np.full((1, 4, 32), np.nan, np.float32))
     cases = {
-        "wrong dtype": ("apsam_energy_encoder", [("image", image.astype(np.float64), "FP64")], "FP64"),
-        "wrong rank": ("apsam_energy_encoder", [("image", image[0], "FP32")], "image"),
-        "wrong size": ("apsam_energy_encoder", [("image", np.zeros((1, 3, 65, 64), np.float32), "FP32")], "image"),
+        "wrong dtype": ("sam_image_encoder", [("image", image.astype(np.float64), "FP64")], "FP64"),
+        "wrong rank": ("sam_image_encoder", [("image", image[0], "FP32")], "image"),
+        "wrong size": ("sam_image_encoder", [("image", np.zeros((1, 3, 129, 128), np.float32), "FP32")], "image"),
         "batch above max": ("unet", [(n, np.repeat(v, 9, axis=0), d) for n, v, d in unet_tensors], "batch"),
         "missing input": ("unet", unet_tensors[:-1], "box_masks"),
         "points above profile": ("sam_decoder", [(k, v, "FP32") for k, v in too_many_points.items()], "point_coords"),

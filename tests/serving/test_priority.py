@@ -16,7 +16,7 @@ from xsyn.settings import ServerSettings
 
 
 def test_priorities_come_from_the_pipeline_specs():
-    assert interactive_graphs() == {"sam_image_encoder", "sam_decoder", "apsam_energy_encoder"}
+    assert interactive_graphs() == {"sam_image_encoder", "sam_decoder"}
     assert pipeline_config(APSAM).parameters["priority"].string_value == "interactive"
     assert pipeline_config(XSYN).parameters["priority"].string_value == "batch"
 
@@ -40,5 +40,5 @@ def test_batch_models_run_at_lower_cpu_priority(tiny_server):
     assert batch > 0
     for model in ("unet", "vae_encoder", "vae_decoder", "text_encoder", "xsyn"):
         assert nice[model] == batch, (model, nice)
-    for model in ("sam_decoder", "sam_image_encoder", "apsam", "apsam_energy_encoder"):
+    for model in ("sam_decoder", "sam_image_encoder", "apsam"):
         assert nice[model] == 0, (model, nice)
