@@ -8,13 +8,20 @@ CKPT="${XSYN_CHECKPOINTS:-/checkpoints}"
 ENGINE="${XSYN_ENGINE:-tensorrt}"
 
 prepare() {
-  local args=(--out "$MODELS" --engine "$ENGINE")
-  if [ -d "$CKPT/gligen" ]; then args+=(--checkpoint-dir "$CKPT/gligen"); fi
-  if [ -f "$CKPT/sam.pth" ]; then args+=(--sam-checkpoint "$CKPT/sam.pth"); fi
-  if [ -f "$CKPT/apsam_energy.safetensors" ]; then args+=(--energy-checkpoint "$CKPT/apsam_energy.safetensors"); fi
-  if [ "${#args[@]}" -eq 4 ]; then
-    echo "xsyn-entrypoint: no checkpoints under $CKPT (expected gligen/ and/or sam.pth); exporting --preset full" >&2
-    args+=(--preset full)
+  local args=(--out "$MODELS" --engine "$ENGINE") found=0 entry
+  # every checkpoint under $CKPT, recognised by content (GLIGEN .pth or diffusers folder, SAM or
+  # APSAM .pth); a tokenizer/ folder goes with an original GLIGEN .pth
+  shopt -s nullglob
+  for entry in "$CKPT"/*; do
+    if [ "$(basename "$entry")" = tokenizer ]; then
+      args+=(--tokenizer "$entry")
+    elif [ -d "$entry" ] || [[ "$entry" == *.pth || "$entry" == *.safetensors ]]; then
+      args+=(--checkpoint "$entry"); found=$((found + 1))
+    fi
+  done
+  if [ "$found" -eq 0 ]; then
+    echo "xsyn-entrypoint: no checkpoints under $CKPT (expected a GLIGEN .pth or folder, a SAM/APSAM .pth); exporting --preset full" >&2
+    args=(--out "$MODELS" --engine "$ENGINE" --preset full)
   fi
   xsyn export "${args[@]}"
   xsyn repository --repository "$MODELS" --target container --engine "$ENGINE"

@@ -191,9 +191,10 @@ class AmgSettings:
 class AutoMask:
     """One generated mask: ``box`` xyxy pixels (inclusive max + 1) and its bool ``segmentation [H, W]``.
 
-    The mask is kept as ``rle`` (segment_anything's uncompressed RLE) and decoded on each access of
-    :attr:`segmentation` (``mask`` holds it instead when given): 256 full-size masks of a 16 MP
-    image would be 4 GB held at once; decoded one by one, a request needs one mask's worth."""
+    The mask is kept as ``rle`` (segment_anything's uncompressed RLE), or as ``crop`` (the bool
+    mask inside ``box``, of an image of ``shape`` (H, W)), and built on each access of
+    :attr:`segmentation`: 256 full-size masks of a 16 MP image would be 4 GB held at once; built
+    one by one, a request needs one mask's worth."""
 
     area: int
     box: tuple[float, float, float, float]
@@ -201,12 +202,16 @@ class AutoMask:
     stability_score: float
     point: tuple[float, float]
     rle: dict | None = None
-    mask: np.ndarray | None = None
+    crop: np.ndarray | None = None
+    shape: tuple[int, int] | None = None
 
     @property
     def segmentation(self) -> np.ndarray:
-        if self.mask is not None:
-            return self.mask
+        if self.crop is not None:
+            full = np.zeros(self.shape, bool)
+            x0, y0 = int(self.box[0]), int(self.box[1])
+            full[y0:y0 + self.crop.shape[0], x0:x0 + self.crop.shape[1]] = self.crop
+            return full
         from segment_anything.utils.amg import rle_to_mask
 
         return rle_to_mask(self.rle)
@@ -263,8 +268,13 @@ def generate_masks(sam_image: SamImage, settings: AmgSettings) -> list[AutoMask]
         out.append(AutoMask(area=int(area_from_rle(data["rles"][i])), box=(x0, y0, x1 + 1, y1 + 1),
                             predicted_iou=float(data["iou_preds"][i]), stability_score=float(data["stability_score"][i]),
                             point=tuple(float(v) for v in data["points"][i]), rle=data["rles"][i]))
-    if settings.split_components:
-        out = [part for m in out for part in _components(m, settings.min_component_area)]
+    if settings.split_components:  # still at most max_masks masks, best first
+        split: list[AutoMask] = []
+        for m in out:
+            split += _components(m, settings.min_component_area)
+            if len(split) >= settings.max_masks:
+                break
+        out = split[: settings.max_masks]
     return out
 
 
@@ -280,17 +290,20 @@ def _concat(parts: list, mask_data):
 
 
 def _components(mask: AutoMask, min_area: int) -> list[AutoMask]:
-    """The mask's 8-connected components of at least ``min_area`` pixels, as masks of their own."""
+    """The mask's 8-connected components of at least ``min_area`` pixels, as masks of their own
+    (each kept as its bounding-box crop: a ragged mask can have hundreds of components)."""
     from scipy import ndimage
 
-    labels, n = ndimage.label(mask.segmentation, structure=np.ones((3, 3), int))
+    segmentation = mask.segmentation
+    labels, n = ndimage.label(segmentation, structure=np.ones((3, 3), int))
     parts = []
     for index, found in enumerate(ndimage.find_objects(labels), start=1):
-        component = labels == index
-        area = int(component.sum())
+        ys, xs = found
+        crop = labels[ys, xs] == index
+        area = int(crop.sum())
         if area >= max(min_area, 1):
-            ys, xs = found
             box = (float(xs.start), float(ys.start), float(xs.stop), float(ys.stop))
             parts.append(AutoMask(area=area, box=box, predicted_iou=mask.predicted_iou,
-                                  stability_score=mask.stability_score, point=mask.point, mask=component))
+                                  stability_score=mask.stability_score, point=mask.point, crop=crop,
+                                  shape=segmentation.shape))
     return parts

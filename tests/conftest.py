@@ -13,7 +13,7 @@ from xsyn.serving.repository import write_repository
 from xsyn.serving.server import ServerOptions, TritonServer, free_port
 
 
-APSAM_TEST_CACHE_BYTES = 300_000
+APSAM_TEST_CACHE_BYTES = 600_000
 
 
 @pytest.fixture(scope="session")

@@ -44,9 +44,9 @@ def test_deadline_exceeded_and_cancelled(tiny_server):
 
 def test_a_mistake_the_graph_would_fail_on_is_invalid_argument(tiny_server):
     with XsynClient(tiny_server.options.grpc_url) as client:
-        inputs = {"image_embeddings": np.zeros((1, 32, 8, 8), np.float32),
+        inputs = {"image_embeddings": np.zeros((1, 32, 32, 32), np.float32),
                   "point_coords": np.zeros((1, 3, 2), np.float32), "point_labels": np.zeros((1, 2), np.float32),
-                  "mask_input": np.zeros((1, 1, 32, 32), np.float32), "has_mask_input": np.zeros(1, np.float32),
+                  "mask_input": np.zeros((1, 1, 128, 128), np.float32), "has_mask_input": np.zeros(1, np.float32),
                   "orig_im_size": np.array([64, 64], np.float32), "mask_tokens": np.zeros((1, 4, 32), np.float32)}
         # 3 points, 2 labels: the graph itself would fail; the leaf model names the disagreement first
         with pytest.raises(InvalidArgument, match="'point_labels' axis 1 \\(num_points\\) is 2, but 'point_coords' has"):
@@ -66,5 +66,5 @@ def test_async_client(tiny_server):
             return embedded, clicked, result
 
     embedded, clicked, result = asyncio.run(main())
-    assert clicked.response.key == embedded.key and clicked.low_res_mask.shape == (1, 1, 32, 32)
+    assert clicked.response.key == embedded.key and clicked.low_res_mask.shape == (1, 1, 128, 128)
     assert result.image.shape == IMAGE.shape and result.response.status == "ok"

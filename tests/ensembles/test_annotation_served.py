@@ -108,8 +108,8 @@ def test_clicks_reuse_the_embedding_and_apsam_tokens_are_used(tiny_server, clien
 
 
 def test_eviction_respects_the_budget_and_sessions_re_embed(tiny_server):
-    images = [_image(100 + k, 150, 200) for k in range(3)]  # 90 kB each + embedding; budget 300 kB
-    per_entry = images[0].nbytes
+    images = [_image(100 + k, 150, 200) for k in range(3)]  # 90 kB each + 131 kB embedding; budget 600 kB
+    per_entry = images[0].nbytes + 32 * 32 * 32 * 4
     assert 2 * per_entry < APSAM_TEST_CACHE_BYTES < 4 * per_entry
     with XsynClient(tiny_server.options.grpc_url) as sdk:
         session = AnnotationSession(sdk, images[0])
