@@ -342,12 +342,6 @@ def prepare_gligen_original(content: dict, path: Path, tokenizer_dir: Path | Non
     return PreparedGligen(loaders, image_size, notes, summary)
 
 
-def load_gligen_original(content: dict, path: Path, tokenizer_dir: Path | None) -> dict:
-    """All modules at once: ``unet``, ``vae``, ``text_encoder``, ``image_size``, ``notes``."""
-    prepared = prepare_gligen_original(content, path, tokenizer_dir)  # (checks every tensor first)
-    return {**{k: f() for k, f in prepared.loaders.items()}, "image_size": prepared.image_size, "notes": prepared.notes}
-
-
 def _load_strict(model: nn.Module, state: dict, what: str, check_only: bool = False,
                  origin: dict[str, str] | None = None) -> None:
     """Strict load; errors name the checkpoint's own keys (``origin``: our name -> theirs)."""
