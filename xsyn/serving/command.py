@@ -119,17 +119,22 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.admin_key_file:
         write_private(args.admin_key_file, options.admin_key + "\n")
     server = TritonServer(options)
-    stop = {"requested": False}
+    stop = {"requested": False, "serving": False}
 
     def request_stop(signum, frame):
+        """SIGTERM and Ctrl-C alike: once serving, a flag the loop below reads (one path for
+        both signals); while starting, an interrupt that abandons the start."""
         stop["requested"] = True
+        if not stop["serving"]:
+            raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, request_stop)
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     supervisor, failure = None, None
     try:
         server.start()
         index = server.wait_until_ready()
         supervisor = Supervisor(server).start()
+        stop["serving"] = True
         print(f"xsyn serve: {len(index)} model(s) ready from {repo}/")
         print(f"  gRPC {options.grpc_url}   HTTP {options.client_host}:{options.http_port}   metrics {options.metrics_url}")
         key = f"admin key in {args.admin_key_file}" if args.admin_key_file else "admin protocols closed (no --admin-key-file)"
@@ -144,7 +149,8 @@ def run_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         print(f"xsyn serve: stopping (in-flight requests get up to {options.grace:.0f} s)", flush=True)
         start = time.monotonic()
         (supervisor.stop() if supervisor is not None else server.stop())
