@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[server,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[server,ray,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

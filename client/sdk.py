@@ -23,6 +23,7 @@ from xsyn.api.masks import rle_decode
 from xsyn.api.models import async_model_states, model_states
 from xsyn.api.synthesis import SynthesisRequest, SynthesisResponse, parse_request
 from xsyn.api.tensors import array_input, bytes_input, image_input, output_arrays
+from xsyn.client.endpoints import Endpoint, EndpointPool, NoServerAvailable
 from xsyn.errors import (  # noqa: F401  (re-exported: the SDK's exceptions)
     BY_STATUS, Cancelled, DeadlineExceeded, FailedPrecondition, InternalError, InvalidArgument, NotFound,
     ResourceExhausted, Unavailable, XsynError, error_from_wire,
@@ -47,6 +48,7 @@ class SynthesisResult:
     response: SynthesisResponse
     unoccluded_image: np.ndarray | None = None
     attention_maps: np.ndarray | None = None
+    endpoint: str = ""  # the server that answered (host:port)
 
 
 @dataclass
@@ -120,6 +122,40 @@ def _grpc_options(ssl, root_certificates, private_key, certificate_chain) -> dic
                 certificate_chain=certificate_chain)
 
 
+def _ready_probe(timeout: float):
+    """A pool probe: Triton's ServerReady on the endpoint's probe client, within ``timeout`` s."""
+
+    def probe(endpoint: Endpoint) -> None:
+        if not endpoint.probe_client.is_server_ready(client_timeout=timeout):
+            raise Unavailable("server is live but not ready")
+
+    return probe
+
+
+def _connect_pool(url, client_module, options: dict, health_interval: float, probe_timeout: float) -> EndpointPool:
+    import tritonclient.grpc as grpcclient
+
+    return EndpointPool.connect(url, lambda u: client_module.InferenceServerClient(u, **options),
+                                lambda u: grpcclient.InferenceServerClient(u, **options),
+                                _ready_probe(probe_timeout), health_interval)
+
+
+def _fleet_health(reports: dict[str, dict]) -> dict:
+    """One endpoint's health report (the first that answered) plus ``endpoints``: every one's."""
+    answered = [r for r in reports.values() if "error" not in r]
+    if not answered:
+        if len(reports) == 1:
+            raise next(iter(reports.values()))["exception"]
+        raise NoServerAvailable("no server answered: " + "; ".join(f"{u} ({r['error']})" for u, r in reports.items()))
+    clean = {u: {k: v for k, v in r.items() if k != "exception"} for u, r in reports.items()}
+    return {**answered[0], "endpoints": clean}
+
+
+def _failed_report(exc: Exception) -> dict:
+    error = map_error(exc)
+    return {"live": False, "ready": False, "models": {}, "error": str(error), "exception": error}
+
+
 @dataclass
 class SynthesisCall:
     """An in-flight synthesis started with :meth:`XsynClient.submit`."""
@@ -145,43 +181,108 @@ class SynthesisCall:
 
 # ---------------------------------------------------------------------- clients
 
-class XsynClient:
-    """Synchronous client. ``url``: gRPC ``host:port``; ``timeout``: seconds per call.
+class _Balanced:
+    """What the sync and asyncio clients share: the endpoint pool and one attempt's bookkeeping."""
 
-    ``retries``: attempts after an UNAVAILABLE answer (server starting or restarting), with
-    exponential backoff from ``backoff`` seconds. Nothing else is retried: a request the server
-    rejected, timed out or failed would fail again or could run twice.
+    pool: EndpointPool
+    retries: int
+    backoff: float
+
+    @property
+    def urls(self) -> list[str]:
+        return self.pool.urls
+
+    def check_endpoints(self) -> dict[str, str]:
+        """Probe every endpoint now: ``{url: reason}`` for each that is down (it is skipped and
+        probed again in the background until it is back)."""
+        return self.pool.check_all()
+
+    def _wait_before(self, attempt: int) -> float:
+        """Seconds to wait before ``attempt`` when no endpoint is healthy (0 for the first)."""
+        return self.backoff * 2 ** (attempt - 1) if attempt else 0.0
+
+    def _attempt_failed(self, endpoint: Endpoint, exc: Exception) -> XsynError:
+        """Release ``endpoint`` after a failed call; an UNAVAILABLE answer takes it out."""
+        self.pool.release(endpoint, answered=False)
+        error = exc if isinstance(exc, XsynError) else map_error(exc)
+        if isinstance(error, Unavailable):
+            self.pool.mark_down(endpoint, str(error))
+        return error
+
+    def _succeeded(self, endpoint: Endpoint, result, parse, pin: bool):
+        self.pool.release(endpoint)
+        value = parse(result)
+        if isinstance(value, SynthesisResult):
+            value.endpoint = endpoint.url
+        if pin:
+            self.pool.pin(value.key, endpoint)
+        return value
+
+    def _final_error(self, last: XsynError) -> XsynError:
+        if isinstance(last, Unavailable) and not isinstance(last, NoServerAvailable) and not self.pool.healthy() \
+                and len(self.pool.endpoints) > 1:
+            return NoServerAvailable(f"{last}; no server is available: "
+                                     + "; ".join(e.describe() for e in self.pool.endpoints))
+        return last
+
+
+class XsynClient(_Balanced):
+    """Synchronous client over one server or a fleet.
+
+    ``url``: gRPC ``host:port``, or several (a list, or ``"h1:8001,h2:8001"``): each call goes to
+    the healthy server with the fewest calls in flight; one that answers UNAVAILABLE is taken
+    out, the call is retried on another, and the server is put back when its health probe
+    passes (every ``health_interval`` seconds). ``timeout``: seconds per call.
+
+    ``retries``: further attempts after an UNAVAILABLE answer; when no server is healthy the
+    client waits (exponential backoff from ``backoff`` seconds) and probes them again first.
+    Nothing else is retried: a request the server rejected, timed out or failed would fail
+    again or could run twice. When every server is out the call raises :class:`NoServerAvailable`
+    (an :class:`Unavailable`) naming each one and why.
     """
 
-    def __init__(self, url: str = "127.0.0.1:8001", timeout: float | None = 600.0, ssl: bool = False,
+    def __init__(self, url: str | list[str] = "127.0.0.1:8001", timeout: float | None = 600.0, ssl: bool = False,
                  root_certificates: str | None = None, private_key: str | None = None,
-                 certificate_chain: str | None = None, retries: int = 3, backoff: float = 0.5) -> None:
+                 certificate_chain: str | None = None, retries: int = 3, backoff: float = 0.5,
+                 health_interval: float = 2.0, probe_timeout: float = 2.0) -> None:
         import tritonclient.grpc as grpcclient
 
-        self.url = url
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
-        self._client = grpcclient.InferenceServerClient(
-            url, **_grpc_options(ssl, root_certificates, private_key, certificate_chain))
+        self.pool = _connect_pool(url, grpcclient, _grpc_options(ssl, root_certificates, private_key, certificate_chain),
+                                  health_interval, probe_timeout)
+        self.url = self.pool.urls[0]
 
-    def _call(self, model: str, inputs: list, parse):
+    def _call(self, model: str, inputs: list, parse, affinity: str | None = None, pin: bool = False):
+        last: XsynError | None = None
         for attempt in range(self.retries + 1):
+            if not self.pool.healthy():
+                time.sleep(self._wait_before(attempt))
+                self.pool.revive()
             try:
-                return parse(self._client.infer(model, inputs, client_timeout=self.timeout))
+                endpoint = self.pool.acquire(affinity)
+            except NoServerAvailable as exc:
+                last = exc
+                continue
+            try:
+                result = endpoint.client.infer(model, inputs, client_timeout=self.timeout)
             except Exception as exc:  # tritonclient raises InferenceServerException for every gRPC status
-                error = exc if isinstance(exc, XsynError) else map_error(exc)
-                if not isinstance(error, Unavailable) or attempt == self.retries:
-                    raise error from None
-                time.sleep(self.backoff * 2**attempt)
+                last = self._attempt_failed(endpoint, exc)
+                if not isinstance(last, Unavailable):
+                    raise last from None
+                continue
+            return self._succeeded(endpoint, result, parse, pin)
+        raise self._final_error(last) from None
 
     def synthesize(self, request: SynthesisRequest | dict, image: np.ndarray | bytes) -> SynthesisResult:
         """Run one synthesis. ``image``: uint8 ``[H, W, 3]`` RGB array or PNG/JPEG bytes."""
         return self._call(*synthesis_call(request, image))
 
     def embed(self, image: np.ndarray | bytes) -> AnnotationResponse:
-        """Encode an image once on the server; the response's ``key`` names it for clicks."""
-        return self._call(*embed_call(image))
+        """Encode an image once on a server; the response's ``key`` names it for clicks (which go
+        to the same server)."""
+        return self._call(*embed_call(image), pin=True)
 
     def segment(self, key: str, points=(), labels=(), box=None, mask_input: np.ndarray | None = None,
                 multimask: bool = False, adaptive_points: bool = True, seed: int = 0, tokens: str = "auto"
@@ -189,25 +290,32 @@ class XsynClient:
         """Masks for points (``[x, y]`` pixels, labels 1 fg / 0 bg) and/or a box on an embedded image.
 
         ``mask_input``: the previous result's ``low_res_mask`` (float32 ``[1, 1, 4E, 4E]``).
-        Raises :class:`NotFound` when the key is unknown or was evicted.
+        Raises :class:`NotFound` when the key is unknown or was evicted, or when the server that
+        embedded it is out while others are up (embed again).
         """
-        return self._call(*segment_call(key, points, labels, box, mask_input, multimask, adaptive_points, seed, tokens))
+        return self._call(*segment_call(key, points, labels, box, mask_input, multimask, adaptive_points, seed, tokens),
+                          affinity=key)
 
     def generate_masks(self, key: str, **overrides) -> AnnotationResponse:
         """Automatic masks for an embedded image (``points_per_side``, thresholds may be overridden)."""
-        return self._call(*generate_call(key, **overrides))
+        return self._call(*generate_call(key, **overrides), affinity=key)
 
     def submit(self, request: SynthesisRequest | dict, image: np.ndarray | bytes) -> SynthesisCall:
-        """Start a synthesis without waiting; the returned call can be waited on or cancelled."""
+        """Start a synthesis without waiting (on the least busy server; not retried); the returned
+        call can be waited on or cancelled."""
         model, inputs, parse = synthesis_call(request, image)
         call = SynthesisCall(parse, threading.Event())
+        endpoint = self.pool.acquire()
 
         def done(result, error):
             call.result_ = result
-            call.error_ = map_error(error) if error is not None else None
+            if error is None:
+                self.pool.release(endpoint)
+            else:
+                call.error_ = self._attempt_failed(endpoint, error)
             call.event.set()
 
-        call.context = self._client.async_infer(model, inputs, callback=done, client_timeout=self.timeout)
+        call.context = endpoint.client.async_infer(model, inputs, callback=done, client_timeout=self.timeout)
         return call
 
     def infer_raw(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -215,15 +323,21 @@ class XsynClient:
         return self._call(model, [array_input(name, value) for name, value in inputs.items()], output_arrays)
 
     def health(self) -> dict:
-        """Server liveness/readiness and every model's state."""
-        try:
-            return health_report(self._client.is_server_live(), self._client.is_server_ready(),
-                                 model_states(self._client))
-        except Exception as exc:
-            raise map_error(exc) from None
+        """Liveness/readiness and every model's state of the first server that answers, and
+        ``endpoints``: each server's report (``error`` for one that did not answer)."""
+        reports = {}
+        for e in self.pool.endpoints:
+            try:
+                reports[e.url] = health_report(e.client.is_server_live(), e.client.is_server_ready(),
+                                               model_states(e.client))
+            except Exception as exc:
+                reports[e.url] = _failed_report(exc)
+        return _fleet_health(reports)
 
     def close(self) -> None:
-        self._client.close()
+        self.pool.close()
+        for e in self.pool.endpoints:
+            e.client.close()
 
     def __enter__(self) -> "XsynClient":
         return self
@@ -278,52 +392,81 @@ class AnnotationSession:
         return result
 
 
-class AsyncXsynClient:
+class AsyncXsynClient(_Balanced):
     """asyncio variant over ``tritonclient.grpc.aio``: ``await client.synthesize(...)`` etc.
 
-    Cancelling the awaiting task cancels the gRPC call (the server stops between steps).
+    Takes one endpoint or several and balances, retries and probes as :class:`XsynClient` does
+    (the health probes run on a thread). Cancelling the awaiting task cancels the gRPC call (the
+    server stops between steps).
     """
 
-    def __init__(self, url: str = "127.0.0.1:8001", timeout: float | None = 600.0, ssl: bool = False,
+    def __init__(self, url: str | list[str] = "127.0.0.1:8001", timeout: float | None = 600.0, ssl: bool = False,
                  root_certificates: str | None = None, private_key: str | None = None,
-                 certificate_chain: str | None = None) -> None:
+                 certificate_chain: str | None = None, retries: int = 3, backoff: float = 0.5,
+                 health_interval: float = 2.0, probe_timeout: float = 2.0) -> None:
         import tritonclient.grpc.aio as aioclient
 
         self.timeout = timeout
-        self._client = aioclient.InferenceServerClient(
-            url, **_grpc_options(ssl, root_certificates, private_key, certificate_chain))
+        self.retries = retries
+        self.backoff = backoff
+        self.pool = _connect_pool(url, aioclient, _grpc_options(ssl, root_certificates, private_key, certificate_chain),
+                                  health_interval, probe_timeout)
+        self.url = self.pool.urls[0]
 
-    async def _call(self, model: str, inputs: list, parse):
-        try:
-            return parse(await self._client.infer(model, inputs, client_timeout=self.timeout))
-        except XsynError:
-            raise
-        except Exception as exc:
-            raise map_error(exc) from None
+    async def _call(self, model: str, inputs: list, parse, affinity: str | None = None, pin: bool = False):
+        import asyncio
+
+        last: XsynError | None = None
+        for attempt in range(self.retries + 1):
+            if not self.pool.healthy():
+                await asyncio.sleep(self._wait_before(attempt))
+                await asyncio.to_thread(self.pool.revive)
+            try:
+                endpoint = self.pool.acquire(affinity)
+            except NoServerAvailable as exc:
+                last = exc
+                continue
+            try:
+                result = await endpoint.client.infer(model, inputs, client_timeout=self.timeout)
+            except asyncio.CancelledError:
+                self.pool.release(endpoint, answered=False)
+                raise
+            except Exception as exc:
+                last = self._attempt_failed(endpoint, exc)
+                if not isinstance(last, Unavailable):
+                    raise last from None
+                continue
+            return self._succeeded(endpoint, result, parse, pin)
+        raise self._final_error(last) from None
 
     async def synthesize(self, request: SynthesisRequest | dict, image: np.ndarray | bytes) -> SynthesisResult:
         return await self._call(*synthesis_call(request, image))
 
     async def embed(self, image: np.ndarray | bytes) -> AnnotationResponse:
-        return await self._call(*embed_call(image))
+        return await self._call(*embed_call(image), pin=True)
 
     async def segment(self, key: str, points=(), labels=(), box=None, mask_input=None, multimask=False,
                       adaptive_points=True, seed=0, tokens="auto") -> SegmentResult:
         return await self._call(*segment_call(key, points, labels, box, mask_input, multimask, adaptive_points,
-                                              seed, tokens))
+                                              seed, tokens), affinity=key)
 
     async def generate_masks(self, key: str, **overrides) -> AnnotationResponse:
-        return await self._call(*generate_call(key, **overrides))
+        return await self._call(*generate_call(key, **overrides), affinity=key)
 
     async def health(self) -> dict:
-        try:
-            return health_report(await self._client.is_server_live(), await self._client.is_server_ready(),
-                                 await async_model_states(self._client))
-        except Exception as exc:
-            raise map_error(exc) from None
+        reports = {}
+        for e in self.pool.endpoints:
+            try:
+                reports[e.url] = health_report(await e.client.is_server_live(), await e.client.is_server_ready(),
+                                               await async_model_states(e.client))
+            except Exception as exc:
+                reports[e.url] = _failed_report(exc)
+        return _fleet_health(reports)
 
     async def close(self) -> None:
-        await self._client.close()
+        self.pool.close()
+        for e in self.pool.endpoints:
+            await e.client.close()
 
     async def __aenter__(self) -> "AsyncXsynClient":
         return self

@@ -39,9 +39,15 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--concurrency", type=int, default=2, help="requests in flight (default 2)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--server", default="127.0.0.1:8001", help="gRPC address (default 127.0.0.1:8001)")
+    where.add_argument("--servers", "--server", dest="server", default="127.0.0.1:8001", metavar="HOST:PORT[,...]",
+                       help="gRPC address, or several comma-separated: requests go to the least busy healthy "
+                            "one (default 127.0.0.1:8001)")
     where.add_argument("--local", type=Path, nargs="?", const=Path("model_repository"), metavar="REPOSITORY",
                        help="run in-process on an exported repository instead (default model_repository/)")
+    p.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="run the items on a Ray Data actor pool (--concurrency actors, each with a client to "
+                        "--servers): a Ray address (ray://head:10001, auto) or 'local' for a Ray runtime here; "
+                        "needs the ray extra (pip install 'xsyn[ray]')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--class-groups", default="pidray",
@@ -65,10 +71,11 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one work item: ``done``, ``skipped`` (a result, e.g. no idle region) or
-    ``failed`` (an error; the job goes on), with the reason for the last two."""
+    """What became of one work item: ``done``, ``skipped`` (a result, e.g. no idle region),
+    ``failed`` (an error; the job goes on) or ``unavailable`` (not run: no server was available;
+    the job stops and a rerun does it), with the reason for the last three."""
 
-    state: Literal["done", "skipped", "failed"]
+    state: Literal["done", "skipped", "failed", "unavailable"]
     reason: str = ""
 
 
@@ -90,9 +97,10 @@ def item_seed(job_seed: int, image_id: int, k: int) -> int:
 
 
 class Backend:
-    """Where synthesis runs: the server (SDK) or in-process (same orchestrator, needs the server extra)."""
+    """Where synthesis runs: the servers (SDK, balanced over the healthy ones) or in-process (same
+    orchestrator, needs the server extra). ``quiet``: do not print the servers found down."""
 
-    def __init__(self, args) -> None:
+    def __init__(self, args, quiet: bool = False) -> None:
         self.local = args.local
         if args.local is not None:
             try:
@@ -112,18 +120,26 @@ class Backend:
             from xsyn.client.sdk import XsynClient
 
             self.client = XsynClient(args.server)
+            self.down = self.client.check_endpoints()
+            for url, why in self.down.items() if not quiet else ():
+                print(f"  server {url} is unavailable ({why}): skipped, probed again in the background")
             health = self.client.health()
-            self.versions = {"server": args.server, "models": health["models"]}
-            self.where = f"grpc:{args.server}"
+            self.versions = {"servers": self.client.urls, "models": health["models"]}
+            self.where = "grpc"
 
     def synthesize(self, request: dict, image: np.ndarray):
+        """-> ``(result, where)``: ``result`` has ``image``, ``response``, ``unoccluded_image`` and
+        ``attention_maps``; ``where`` names the server that answered (or the local repository)."""
         if self.local is not None:
             from xsyn.api.synthesis import parse_request
 
-            out = self.synthesizer.run(parse_request(request), image)
-            return out.image, out.response, out.unoccluded_image, out.attention_maps
+            return self.synthesizer.run(parse_request(request), image), self.where
         result = self.client.synthesize(request, image)
-        return result.image, result.response, result.unoccluded_image, result.attention_maps
+        return result, f"grpc:{result.endpoint}"
+
+    def fleet_down(self) -> bool:
+        """True when every server is out now (probed again first)."""
+        return self.local is None and not self.client.pool.revive()
 
 
 def _repository_versions(repo: Path) -> dict:
@@ -152,7 +168,9 @@ def resolve_class_groups(value: str):
 class Job:
     """One ``xsyn synthesize`` run: items, where they run, and how each is written."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, check_finished: bool = True) -> None:
+        """``check_finished``: verify the earlier outputs (the driver does; a Ray worker, which is
+        handed only unfinished items, does not)."""
         self.args = args
         self.out = args.out
         groups, self.group_fields = resolve_class_groups(args.class_groups)
@@ -161,7 +179,7 @@ class Job:
                       for src in self.coco.images for k in range(args.per_image)][: args.limit]
         (self.out / "records").mkdir(parents=True, exist_ok=True)
         self.damaged: dict[str, str] = {}
-        self.finished = {it.name for it in self.items if self.verify(it)}
+        self.finished = {it.name for it in self.items if self.verify(it)} if check_finished else set()
         self.backend: Backend | None = None
 
     def record_path(self, item: WorkItem) -> Path:
@@ -209,39 +227,55 @@ class Job:
         image = np.asarray(Image.open(src.path).convert("RGB"))
         request = self.request_for(item)
         start = time.perf_counter()
-        final, response, unoccluded, attention = self.backend.synthesize(request, image)
+        result, where = self.backend.synthesize(request, image)
+        response = result.response
         if response.status != "ok":
             return Outcome("skipped", response.status)
-        png = png_bytes(final)
+        png = png_bytes(result.image)
         write_atomic(self.out / "images" / f"{item.name}.png", png)
         if self.args.preview:
             from xsyn.client.preview import overlay
 
-            write_atomic(self.out / "preview" / f"{item.name}.png", png_bytes(overlay(unoccluded, response, attention)))
+            write_atomic(self.out / "preview" / f"{item.name}.png",
+                         png_bytes(overlay(result.unoccluded_image, response, result.attention_maps)))
         record = {"item": item.name, "file_name": f"images/{item.name}.png", "source_image": str(src.file_name),
                   "source_image_id": src.image_id, "k": item.k, "seed": item.seed, "mode": self.args.mode,
                   "request": {k: v for k, v in request.items() if not k.startswith("return_")},
-                  "backend": self.backend.where, "model_versions": self.backend.versions,
+                  "backend": where, "model_versions": self.backend.versions,
                   "seconds": round(time.perf_counter() - start, 3), "response": response.model_dump(),
                   "image_bytes": len(png), "image_sha256": hashlib.sha256(png).hexdigest()}
         write_atomic(self.record_path(item), json.dumps(record, indent=1).encode())
         return DONE
 
+    def attempt(self, item: WorkItem) -> Outcome:
+        """:meth:`synthesize_item`, with any error turned into the item's outcome."""
+        from xsyn.client.endpoints import NoServerAvailable
+
+        try:
+            return self.synthesize_item(item)
+        except NoServerAvailable as exc:
+            return Outcome("unavailable", str(exc))
+        except Exception as exc:  # reported per item; the run goes on
+            return Outcome("failed", f"{type(exc).__name__}: {exc}")
+
     def run_items(self, todo: list[WorkItem]) -> dict[str, Outcome]:
-        """Run ``todo`` with bounded concurrency and a progress bar; every item gets an outcome."""
+        """Run ``todo`` with bounded concurrency and a progress bar; every item gets an outcome.
+
+        When no server is available the items not yet started are not started (``unavailable``).
+        """
         from tqdm import tqdm
 
         outcomes: dict[str, Outcome] = {}
         bar = tqdm(total=len(self.items), initial=len(self.finished), unit="img", desc="synthesize",
                    dynamic_ncols=True)
         with ThreadPoolExecutor(max_workers=max(1, self.args.concurrency)) as pool:
-            futures = {pool.submit(self.synthesize_item, it): it for it in todo}
+            futures = {pool.submit(self.attempt, it): it for it in todo}
             for future in as_completed(futures):
-                try:
-                    outcome = future.result()
-                except Exception as exc:  # reported per item; the run goes on
-                    outcome = Outcome("failed", f"{type(exc).__name__}: {exc}")
+                outcome = future.result() if not future.cancelled() else Outcome("unavailable", "not started")
                 outcomes[futures[future].name] = outcome
+                if outcome.state == "unavailable" and self.backend.fleet_down():
+                    for other in futures:
+                        other.cancel()
                 bar.update(1)
         bar.close()
         return outcomes
@@ -252,8 +286,13 @@ class Job:
         for name, why in sorted(self.damaged.items()):
             print(f"  redo {name}: its earlier output was damaged ({why})")
         todo = [it for it in self.items if it.name not in self.finished]
-        self.backend = Backend(self.args)
-        outcomes = self.run_items(todo)
+        if self.args.ray is not None:
+            from xsyn.client.ray_job import run_on_ray
+
+            outcomes = run_on_ray(self, todo)
+        else:
+            self.backend = Backend(self.args)
+            outcomes = self.run_items(todo)
         coco_path = build_coco(self.out, [it.name for it in self.items], self.coco.categories)
         if self.args.preview:
             write_contact_sheet(self.out)
@@ -263,14 +302,18 @@ class Job:
 def report(outcomes: dict[str, Outcome], resumed: int, coco_path: Path) -> int:
     """Print the summary and every item that was skipped or failed; exit code 1 if any failed."""
     by_state = {state: sorted((n, o.reason) for n, o in outcomes.items() if o.state == state)
-                for state in ("done", "skipped", "failed")}
+                for state in ("done", "skipped", "failed", "unavailable")}
     print(f"xsyn synthesize: {len(by_state['done'])} done now, {resumed} already done (resumed), "
           f"{len(by_state['skipped'])} skipped, {len(by_state['failed'])} failed -> {coco_path}")
     for name, why in by_state["skipped"]:
         print(f"  skipped {name}: {why}")
     for name, why in by_state["failed"]:
         print(f"  failed  {name}: {why}")
-    return 1 if by_state["failed"] else 0
+    if by_state["unavailable"]:
+        why = next((w for _, w in by_state["unavailable"] if w != "not started"), "no server is available")
+        print(f"xsyn synthesize: stopped with {len(by_state['unavailable'])} item(s) not done: {why}. "
+              f"Nothing finished is lost: run the same command again to finish them.")
+    return 1 if by_state["failed"] or by_state["unavailable"] else 0
 
 
 def run(args: argparse.Namespace) -> int:
