@@ -41,6 +41,10 @@ def _points(click: dict) -> tuple[list, list]:
     return [[float(click["x"]), float(click["y"])]], [1]
 
 
+#: Times a click embeds its image again when the embedding is gone (a busy server's cache evicts).
+REEMBEDS = 3
+
+
 def _parse_clicks(clicks: list) -> tuple[dict[str, list], list[str]]:
     """Clicks grouped by image, in order: ``{file_name: [(n, category, points, labels)]}``, and
     the problems of malformed clicks."""
@@ -62,7 +66,7 @@ def _annotate_image(client, path: Path, name: str, clicks: list, adaptive: bool)
     embedded, [(n, category, result or problem)])``.
 
     A click whose embedding is gone (the server evicted it, or the server that holds it went
-    out) embeds the image again, once, and repeats the click.
+    out) embeds the image again and repeats the click, up to ``REEMBEDS`` times.
     """
     from PIL import Image
 
@@ -75,14 +79,14 @@ def _annotate_image(client, path: Path, name: str, clicks: list, adaptive: bool)
     key, embedded = None, False
     for n, category, points, labels in clicks:
         try:
-            for again in (False, True):
+            for attempt in range(REEMBEDS + 1):
                 try:
                     key = key or client.embed(image).key
                     embedded = True
                     result = client.segment(key, points, labels, adaptive_points=adaptive)
                     break
                 except NotFound:
-                    if again:
+                    if attempt == REEMBEDS:
                         raise
                     key = None
             answers.append((n, category, result))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -83,6 +85,21 @@ def onnxruntime_server(tiny_repo, tmp_path_factory):
         yield server
 
 
+@pytest.fixture(scope="session")
+def second_onnxruntime_server(tiny_repo, tmp_path_factory):
+    """A second real server like :func:`onnxruntime_server` on a copy of its repository: the fleet
+    tests balance over the two and compare with a one-server run."""
+    import shutil
+
+    os.environ["XSYN_APSAM_CACHE_BYTES"] = str(APSAM_TEST_CACHE_BYTES)
+    repo = tmp_path_factory.mktemp("tiny_repo_second") / "repo"
+    shutil.copytree(tiny_repo, repo)
+    options = ServerOptions(repository=repo, grpc_port=free_port(), http_port=free_port(),
+                            metrics_port=free_port(), log_path=tmp_path_factory.mktemp("logs_second") / "triton.log")
+    with TritonServer(options) as server:
+        yield server
+
+
 @pytest.fixture
 def tiny_server(onnxruntime_server):
     """The tiny server (modules that run every served test on both runtimes override this)."""
@@ -143,3 +160,53 @@ def live_processes() -> dict[int, str]:
             if state != "Z":
                 found[int(entry.name)] = cmd
     return found
+
+
+class Serve:
+    """`xsyn serve` as a child process, its output collected line by line."""
+
+    def __init__(self, repo: Path, cache_home: Path, *extra: str) -> None:
+        self.ports = [free_port() for _ in range(3)]
+        self.url = f"127.0.0.1:{self.ports[0]}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "xsyn.client.cli", "serve", "--repository", str(repo),
+             "--grpc-port", str(self.ports[0]), "--http-port", str(self.ports[1]), "--metrics-port", str(self.ports[2]),
+             *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=run_env(cache_home))
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: [self.lines.append(line) for line in self.proc.stdout], daemon=True).start()
+
+    def wait_for(self, text: str, timeout: float = 150.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.proc.poll() is None or any(text in line for line in self.lines), "".join(self.lines)
+            assert time.monotonic() < deadline, f"no {text!r} in:\n{''.join(self.lines)}"
+            time.sleep(0.2)
+
+    def processes(self) -> dict[int, str]:
+        """Live processes of this server: its reaper, tritonserver and every stub."""
+        return {pid: cmd for pid, cmd in live_processes().items()
+                if f"--grpc-port={self.ports[0]}" in cmd or f"_{self.proc.pid}_" in cmd}
+
+    def shm(self) -> list[str]:
+        return [name for name in os.listdir("/dev/shm") if name.startswith(f"xsyn_{self.proc.pid}_")]
+
+    def stub_pids(self, instance: str) -> list[int]:
+        return [pid for pid, cmd in self.processes().items()
+                if "triton_python_backend_stub" in cmd and cmd.split(" ")[8] == instance]
+
+
+@pytest.fixture
+def start_serve(tiny_repo, cache_home):
+    """Start `xsyn serve` children; any still running when the test ends (a failed assertion) is
+    SIGKILLed, and its reaper stops the server and removes its shared memory."""
+    started = []
+
+    def start(*extra: str) -> Serve:
+        started.append(Serve(tiny_repo, cache_home, *extra))
+        return started[-1]
+
+    yield start
+    for serve in started:
+        if serve.proc.poll() is None:
+            serve.proc.kill()
+            serve.proc.wait()

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,63 +13,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.conftest import live_processes, run_env
+from tests.conftest import live_processes
 from xsyn.client.sdk import Unavailable, XsynClient
 from xsyn.serving.server import free_port
 
 pytestmark = pytest.mark.slow
 IMAGE = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
 QUICK = {"boxes": [[8.0, 8.0, 40.0, 40.0]], "class_names": ["Knife"], "steps": 2, "car": False, "bom_alpha": 0.0}
-
-
-class Serve:
-    """`xsyn serve` as a child process, its output collected line by line."""
-
-    def __init__(self, repo: Path, cache_home: Path, *extra: str) -> None:
-        self.ports = [free_port() for _ in range(3)]
-        self.url = f"127.0.0.1:{self.ports[0]}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xsyn.client.cli", "serve", "--repository", str(repo),
-             "--grpc-port", str(self.ports[0]), "--http-port", str(self.ports[1]), "--metrics-port", str(self.ports[2]),
-             *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=run_env(cache_home))
-        self.lines: list[str] = []
-        threading.Thread(target=lambda: [self.lines.append(line) for line in self.proc.stdout], daemon=True).start()
-
-    def wait_for(self, text: str, timeout: float = 150.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
-            assert self.proc.poll() is None or any(text in line for line in self.lines), "".join(self.lines)
-            assert time.monotonic() < deadline, f"no {text!r} in:\n{''.join(self.lines)}"
-            time.sleep(0.2)
-
-    def processes(self) -> dict[int, str]:
-        """Live processes of this server: its reaper, tritonserver and every stub."""
-        return {pid: cmd for pid, cmd in live_processes().items()
-                if f"--grpc-port={self.ports[0]}" in cmd or f"_{self.proc.pid}_" in cmd}
-
-    def shm(self) -> list[str]:
-        return [name for name in os.listdir("/dev/shm") if name.startswith(f"xsyn_{self.proc.pid}_")]
-
-    def stub_pids(self, instance: str) -> list[int]:
-        return [pid for pid, cmd in self.processes().items()
-                if "triton_python_backend_stub" in cmd and cmd.split(" ")[8] == instance]
-
-
-@pytest.fixture
-def start_serve(tiny_repo, cache_home):
-    """Start `xsyn serve` children; any still running when the test ends (a failed assertion) is
-    SIGKILLed, and its reaper stops the server and removes its shared memory."""
-    started = []
-
-    def start(*extra: str) -> Serve:
-        started.append(Serve(tiny_repo, cache_home, *extra))
-        return started[-1]
-
-    yield start
-    for serve in started:
-        if serve.proc.poll() is None:
-            serve.proc.kill()
-            serve.proc.wait()
 
 
 def _gone(check, timeout: float = 20.0) -> bool:
