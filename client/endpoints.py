@@ -11,12 +11,18 @@ endpoint embedded a key, and :meth:`acquire` sends later calls for that key ther
 endpoint is out while others are healthy the call raises :class:`~xsyn.errors.NotFound`, so
 that the caller embeds the image again elsewhere (as it does when a cache evicts the key).
 
+An endpoint written ``dns:///name:port`` stands for every address ``name`` resolves to: a
+Kubernetes headless Service lists one address per ready pod. The pool resolves it at the start
+and again every ``resolve_interval`` seconds, adding new pods and dropping addresses that are
+both out and no longer listed.
+
 No torch here: this module belongs to the thin client.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -31,22 +37,41 @@ class NoServerAvailable(Unavailable):
     """Every endpoint of the client is out (down, restarting or unreachable)."""
 
 
+DNS_PREFIX = "dns:///"
+
+
 def parse_endpoints(urls: str | Iterable[str]) -> list[str]:
-    """``"h1:8001,h2:8001"`` or a list of ``host:port`` -> the distinct endpoints, in order."""
+    """``"h1:8001,h2:8001"`` or a list of ``host:port`` (or ``dns:///name:port``) -> the distinct
+    entries, in order."""
     items = urls.split(",") if isinstance(urls, str) else list(urls)
     found: list[str] = []
     for raw in items:
         url = str(raw).strip()
         if not url:
             continue
-        host, sep, port = url.rpartition(":")
+        host, sep, port = url.removeprefix(DNS_PREFIX).rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise InvalidArgument(f"server {url!r}: expected host:port (e.g. 127.0.0.1:8001)")
+            raise InvalidArgument(f"server {url!r}: expected host:port or dns:///name:port (e.g. 127.0.0.1:8001)")
         if url not in found:
             found.append(url)
     if not found:
         raise InvalidArgument("no server given: expected host:port[,host:port...]")
     return found
+
+
+def resolve(entry: str) -> list[str]:
+    """One entry -> its endpoints: ``host:port`` as given; ``dns:///name:port`` -> ``ip:port`` for
+    every address of ``name`` (sorted; none when it does not resolve)."""
+    if not entry.startswith(DNS_PREFIX):
+        return [entry]
+    host, _, port = entry.removeprefix(DNS_PREFIX).rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except OSError as exc:
+        log.warning("server %s: %s does not resolve (%s)", entry, host, exc)
+        return []
+    ips = sorted({info[4][0] for info in infos})
+    return [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips]
 
 
 @dataclass
@@ -75,6 +100,9 @@ class EndpointPool:
     probe: Callable[[Endpoint], None]
     health_interval: float = 2.0
     pin_limit: int = 4096
+    entries: list[str] = field(default_factory=list)
+    make_clients: Callable[[str], tuple[object, object]] | None = None
+    resolve_interval: float = 30.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pins: OrderedDict = field(default_factory=OrderedDict)
     _turn: int = 0
@@ -85,9 +113,34 @@ class EndpointPool:
     def connect(cls, urls: str | Iterable[str], make_client: Callable[[str], object],
                 make_probe_client: Callable[[str], object], probe: Callable[[Endpoint], None],
                 health_interval: float = 2.0) -> "EndpointPool":
-        endpoints = [Endpoint(url, make_client(url), make_probe_client(url), i)
-                     for i, url in enumerate(parse_endpoints(urls))]
-        return cls(endpoints, probe, health_interval)
+        entries = parse_endpoints(urls)
+        pool = cls([], probe, health_interval, entries=entries,
+                   make_clients=lambda url: (make_client(url), make_probe_client(url)))
+        pool.refresh()
+        if not pool.endpoints:
+            raise NoServerAvailable("no server: " + ", ".join(entries) + " resolve to no address")
+        if any(e.startswith(DNS_PREFIX) for e in entries):
+            pool._start_thread()
+        return pool
+
+    def refresh(self) -> None:
+        """Resolve the entries again: add new addresses; drop those out and no longer listed."""
+        listed = list(dict.fromkeys(url for entry in self.entries for url in resolve(entry)))
+        with self._lock:
+            known = {e.url for e in self.endpoints}
+            gone = [e for e in self.endpoints if e.url not in listed and not e.healthy]
+            self.endpoints = [e for e in self.endpoints if e not in gone]
+            for key in [k for k, e in self._pins.items() if e in gone]:
+                del self._pins[key]
+            for url in listed:
+                if url not in known:
+                    client, probe_client = self.make_clients(url)
+                    self.endpoints.append(Endpoint(url, client, probe_client, len(self.endpoints)))
+            for i, endpoint in enumerate(self.endpoints):
+                endpoint.index = i
+        for endpoint in gone:
+            log.warning("server %s left the fleet (no longer resolved)", endpoint.url)
+            _close_quietly(endpoint.probe_client)
 
     @property
     def urls(self) -> list[str]:
@@ -146,13 +199,16 @@ class EndpointPool:
         """Take ``endpoint`` out until a health probe passes (logged as a warning unless ``quiet``)."""
         with self._lock:
             was_healthy, endpoint.healthy, endpoint.reason = endpoint.healthy, False, reason
-            start = self._thread is None and not self._stop.is_set()
-            if start:
-                self._thread = threading.Thread(target=self._health_loop, name="xsyn-endpoint-health", daemon=True)
         if was_healthy:
             (log.info if quiet else log.warning)("server %s taken out: %s", endpoint.url, reason)
-        if start:
-            self._thread.start()
+        self._start_thread()
+
+    def _start_thread(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._stop.is_set():
+                return
+            self._thread = threading.Thread(target=self._health_loop, name="xsyn-endpoint-health", daemon=True)
+        self._thread.start()
 
     def revive(self) -> bool:
         """Probe the endpoints that are out now; True when any endpoint is healthy afterwards."""
@@ -177,7 +233,14 @@ class EndpointPool:
             log.warning("server %s is back", endpoint.url)
 
     def _health_loop(self) -> None:
+        import time
+
+        resolves = any(e.startswith(DNS_PREFIX) for e in self.entries)
+        next_resolve = time.monotonic() + self.resolve_interval
         while not self._stop.wait(self.health_interval):
+            if resolves and time.monotonic() >= next_resolve:
+                self.refresh()
+                next_resolve = time.monotonic() + self.resolve_interval
             for endpoint in [e for e in self.endpoints if not e.healthy]:
                 if self._stop.is_set():
                     return
@@ -187,10 +250,14 @@ class EndpointPool:
         """Stop the health thread (the caller closes the request clients)."""
         self._stop.set()
         for endpoint in self.endpoints:
-            try:
-                endpoint.probe_client.close()
-            except Exception:  # closing a channel that never connected
-                pass
+            _close_quietly(endpoint.probe_client)
+
+
+def _close_quietly(client) -> None:
+    try:
+        client.close()
+    except Exception:  # closing a channel that never connected
+        pass
 
 
 def _short_reason(exc: Exception) -> str:

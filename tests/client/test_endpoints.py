@@ -71,3 +71,16 @@ def test_a_key_goes_to_the_server_that_embedded_it():
         pool.acquire("k")  # another server is up: the caller embeds there
     assert pool.acquire("unknown-key").url == "a:1"
     pool.close()
+
+
+def test_a_dns_entry_stands_for_every_address_of_its_name():
+    from xsyn.client.endpoints import resolve
+
+    assert "127.0.0.1:8001" in resolve("dns:///localhost:8001")
+    assert resolve("h:1") == ["h:1"]
+    assert resolve("dns:///no-such-host.invalid:8001") == []
+    with pytest.raises(NoServerAvailable, match="resolve to no address"):
+        _pool("dns:///no-such-host.invalid:8001", up=set())
+    pool = _pool("dns:///localhost:8001,10.0.0.9:1", up={"127.0.0.1:8001"})
+    assert "127.0.0.1:8001" in pool.urls and pool.urls[-1] == "10.0.0.9:1"
+    pool.close()

@@ -171,3 +171,15 @@ def test_the_async_client_balances_and_keeps_each_embedding_on_its_server(fleet)
     where, masks = asyncio.run(run())
     assert set(where.values()) == set(fleet)  # four embeds in flight went to both servers
     assert all(m.mask().shape == (48, 64) for m in masks)  # each click found its embedding
+
+
+def test_a_dns_name_reaches_the_servers_behind_it(fleet):
+    """A headless Service's name resolves to its pods; here localhost resolves to one server."""
+    from xsyn.client.sdk import XsynClient
+
+    port = fleet[0].rsplit(":", 1)[1]
+    with XsynClient(f"dns:///localhost:{port}") as client:
+        assert f"127.0.0.1:{port}" in client.urls
+        assert client.health()["endpoints"][f"127.0.0.1:{port}"]["ready"]
+        key = client.embed(np.zeros((32, 32, 3), np.uint8)).key
+        assert client.pool._pins[key].url == f"127.0.0.1:{port}"
