@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Container entry point.
 #   prepare  export graphs + TensorRT engines from /checkpoints into /models (cached), write config
-#   serve    prepare when needed, then exec the image's tritonserver on /models (default)
+#   serve       prepare when needed, then exec the image's tritonserver on /models (default)
+#   serve-only  exec tritonserver on $XSYN_MODELS as it is: a prepared folder or an s3:// (gs://,
+#               as://) repository, which Triton reads natively (deploy/kubernetes)
 set -euo pipefail
 MODELS="${XSYN_MODELS:-/models}"
 CKPT="${XSYN_CHECKPOINTS:-/checkpoints}"
@@ -33,12 +35,22 @@ prepare() {
 ADMIN_KEY="${XSYN_ADMIN_KEY:-$(cat /proc/sys/kernel/random/uuid)}"
 RESTRICTED="shared-memory,model-config,model-repository,trace,logging:xsyn-admin-key=$ADMIN_KEY"
 
+serve_repository() {
+  exec tritonserver --model-repository="$MODELS" --model-control-mode=none --strict-readiness=true \
+    --grpc-restricted-protocol="$RESTRICTED" --http-restricted-api="$RESTRICTED" \
+    --exit-timeout-secs="${XSYN_GRACE:-30}" --grpc-port=8001 --http-port=8000 --metrics-port=8002
+}
+
 case "${1:-serve}" in
   prepare) prepare ;;
   serve)
     prepare
-    exec tritonserver --model-repository="$MODELS" --model-control-mode=none --strict-readiness=true \
-      --grpc-restricted-protocol="$RESTRICTED" --http-restricted-api="$RESTRICTED" \
-      --exit-timeout-secs="${XSYN_GRACE:-30}" --grpc-port=8001 --http-port=8000 --metrics-port=8002 ;;
+    serve_repository ;;
+  serve-only)
+    if [[ "$MODELS" != *://* && ! -f "$MODELS/xsyn/config.pbtxt" ]]; then
+      echo "xsyn-entrypoint: $MODELS holds no prepared repository (no xsyn/config.pbtxt); run 'prepare' first" >&2
+      exit 2
+    fi
+    serve_repository ;;
   *) exec "$@" ;;
 esac

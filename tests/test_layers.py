@@ -27,7 +27,7 @@ LAYER_NAMES = ["api", "export/runtimes", "orchestrators", "serving", "CLI/client
 #: client modules a client-only install runs: they may import the api layer and each other only.
 THIN_CLIENT = ("xsyn.client.sdk", "xsyn.client.annotate_job", "xsyn.client.synthesize_job", "xsyn.client.coco",
                "xsyn.client.sample_data", "xsyn.client.sample_data_command",
-               "xsyn.client.preview")
+               "xsyn.client.preview", "xsyn.client.endpoints", "xsyn.client.ray_job")
 
 
 def layer_of(module: str) -> int:
