@@ -151,6 +151,14 @@ def _repository_versions(repo: Path) -> dict:
     return versions
 
 
+def remove_partial_writes(out: Path) -> None:
+    """Delete the temporary files of writes a killed run left unfinished (``.<name>.<random>``
+    beside the image, preview or record it was writing; see :func:`xsyn.files.write_atomic`)."""
+    for folder in ("images", "preview", "records"):
+        for tmp in (out / folder).glob(".*.*.*"):
+            tmp.unlink(missing_ok=True)
+
+
 def resolve_class_groups(value: str):
     """A shipped group name or a user JSON file -> (groups, the request fields that select them)."""
     from pydantic import ValidationError
@@ -179,7 +187,10 @@ class Job:
                       for src in self.coco.images for k in range(args.per_image)][: args.limit]
         (self.out / "records").mkdir(parents=True, exist_ok=True)
         self.damaged: dict[str, str] = {}
-        self.finished = {it.name for it in self.items if self.verify(it)} if check_finished else set()
+        self.finished = set()
+        if check_finished:
+            remove_partial_writes(self.out)
+            self.finished = {it.name for it in self.items if self.verify(it)}
         self.backend: Backend | None = None
 
     def record_path(self, item: WorkItem) -> Path:

@@ -133,6 +133,8 @@ def test_resume_verifies_what_it_trusts_and_redoes_damaged_items(tiny_server, sa
     records[0].write_bytes(records[0].read_bytes()[:40])               # truncated record
     image = out / record["file_name"]
     image.write_bytes(image.read_bytes()[: record["image_bytes"] // 2])  # truncated image
+    partial = out / "images" / f".{image.name}.k2j3x9"                  # a write killed before its rename
+    partial.write_bytes(b"half an image")
 
     again = _cli(*_synthesize_args(sample_set, out, url), cache_home=cache_home)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -140,6 +142,7 @@ def test_resume_verifies_what_it_trusts_and_redoes_damaged_items(tiny_server, sa
     assert f"redo {records[0].stem}" in again.stdout and f"redo {records[1].stem}" in again.stdout
     assert "2 done now, 4 already done" in again.stdout
     assert (out / "annotations.json").read_bytes() == reference
+    assert not partial.exists()
 
 
 def test_local_jobs_with_threads_equal_a_sequential_run(tiny_repo, sample_set, tmp_path, cache_home):

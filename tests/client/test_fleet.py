@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_env
+from tests.conftest import live_processes, run_env
 from xsyn.serving.server import free_port
 
 pytestmark = pytest.mark.slow
@@ -98,8 +99,17 @@ def test_the_ray_data_path_on_a_local_runtime_equals_a_one_server_run_and_resume
     first = _cli(*_job(sample_set, out, servers, "--ray", "local", "--limit", 2), cache_home=cache_home)
     assert first.returncode == 0 and "2 done now, 0 already done" in first.stdout, first.stdout + first.stderr
     assert "MapBatches(SynthesisActor)" in first.stderr  # Ray Data's own progress reporting
-    rest = _cli(*_job(sample_set, out, servers, "--ray", "local"), cache_home=cache_home)
-    assert rest.returncode == 0 and "4 done now, 2 already done (resumed)" in rest.stdout, rest.stdout + rest.stderr
+
+    # the rest, with one actor process killed -9 mid-run: Ray restarts it and retries its item
+    rest = subprocess.Popen([sys.executable, "-m", "xsyn.client.cli",
+                             *map(str, _job(sample_set, out, servers, "--ray", "local"))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env(cache_home))
+    _wait_for_records(out, 3, rest)
+    actors = [pid for pid, cmd in live_processes().items() if cmd.startswith("ray::MapWorker(MapBatches(SynthesisActor))")]
+    assert actors
+    os.kill(actors[0], signal.SIGKILL)
+    stdout, stderr = rest.communicate(timeout=600)
+    assert rest.returncode == 0 and "4 done now, 2 already done (resumed)" in stdout, stdout + stderr
     _assert_same_outputs(out, one_server_run)
     assert _backends(out) <= {f"grpc:{url}" for url in fleet}
 
