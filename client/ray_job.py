@@ -72,10 +72,10 @@ def run_on_ray(job, todo: list) -> dict:
     """Run ``todo`` (work items of ``job``) on the actor pool; ``{item name: Outcome}``."""
     from xsyn.client.synthesize_job import Outcome
 
-    args = job.args
-    ray = connect(args.ray)
     if not todo:
         return {}
+    args = job.args
+    ray = connect(args.ray)
     index_of = {item.name: i for i, item in enumerate(job.items)}
     actor_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "handler"})
     dataset = ray.data.from_items([{"index": index_of[item.name]} for item in todo], override_num_blocks=len(todo))

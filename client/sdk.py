@@ -305,6 +305,8 @@ class XsynClient(_Balanced):
         call can be waited on or cancelled."""
         model, inputs, parse = synthesis_call(request, image)
         call = SynthesisCall(parse, threading.Event())
+        if not self.pool.healthy():
+            self.pool.revive()
         endpoint = self.pool.acquire()
 
         def done(result, error):

@@ -120,12 +120,10 @@ class Backend:
             from xsyn.client.sdk import XsynClient
 
             self.client = XsynClient(args.server)
-            self.down = self.client.check_endpoints()
-            for url, why in self.down.items() if not quiet else ():
+            for url, why in self.client.check_endpoints().items() if not quiet else ():
                 print(f"  server {url} is unavailable ({why}): skipped, probed again in the background")
             health = self.client.health()
             self.versions = {"servers": self.client.urls, "models": health["models"]}
-            self.where = "grpc"
 
     def synthesize(self, request: dict, image: np.ndarray):
         """-> ``(result, where)``: ``result`` has ``image``, ``response``, ``unoccluded_image`` and
