@@ -1,12 +1,18 @@
-"""Baggage-like pseudo-colour X-ray images with COCO annotations, for demos and tests.
+"""Phantom X-ray baggage: pseudo-colour images with exact COCO instance masks, for demos,
+tests and training the tiny preset.
 
 Dual-energy scanners colour materials by effective atomic number: organics orange, mixed
 materials green, metals blue, dense objects dark. Images here are rendered the same way as a
 transmission picture: every object multiplies the transmitted light per channel by
-``exp(-mu * thickness)`` with a material-specific ``mu``, over a bright background; a bag outline
-and random clutter come first, then a few threat-like metal shapes that are annotated.
+``exp(-mu * thickness)`` over a bright background. A bag outline and random clutter come first,
+then one to three items; each item class has its own outline (:data:`SHAPES`) and its own
+attenuation colour (:data:`ITEM_MU`), and items may overlap each other and the clutter, which
+(as in a transmission image) darkens both.
 
-COCO boxes are ``[x, y, w, h]`` pixels; segmentations are the shapes' polygons.
+COCO boxes are ``[x, y, w, h]`` pixels, the tight box of the mask (a pixel ``(col, row)`` covers
+``[col, col + 1)``); segmentations are compressed RLE of the exact rendered mask, so ``area``,
+box and mask agree to the pixel. Each image is drawn from its own seed ``(seed, split, index)``,
+so any image can be regenerated alone and the train and val splits never share one.
 """
 
 from __future__ import annotations
@@ -25,6 +31,17 @@ MATERIALS = {
     "dense": (2.50, 2.30, 2.00),
 }
 THREATS = ("Knife", "Gun", "Wrench", "Scissors", "Pliers", "Hammer")
+#: per-channel attenuation (R, G, B) per unit thickness of each item class: distinct hues
+#: (blue, grey, green, orange, magenta, cyan), at least 18 degrees apart as RGB directions
+ITEM_MU = {
+    "Knife": (1.40, 0.98, 0.35),
+    "Gun": (1.30, 1.30, 1.30),
+    "Wrench": (1.35, 0.34, 1.35),
+    "Scissors": (0.40, 0.96, 1.60),
+    "Pliers": (0.45, 1.50, 0.45),
+    "Hammer": (1.60, 0.48, 0.48),
+}
+SPLITS = {"all": 0, "train": 1, "val": 2}
 
 
 def _polygon_mask(size: tuple[int, int], polygon: list[tuple[float, float]]) -> np.ndarray:
@@ -66,62 +83,81 @@ SHAPES = {
 
 
 def render(rng: np.random.Generator, width: int = 320, height: int = 256, threats: int = 2):
-    """One image (uint8 ``[H, W, 3]``) and its annotations ``[(class, polygon)]``."""
+    """One image (uint8 ``[H, W, 3]``) and its items ``[(class, polygon, mask bool [H, W])]``."""
     transmission = np.ones((height, width, 3), np.float64)
     size = (width, height)
 
-    def absorb(mask: np.ndarray, material: str, thickness: float) -> None:
-        mu = np.asarray(MATERIALS[material])
-        transmission[mask] *= np.exp(-mu * thickness)
+    def absorb(mask: np.ndarray, mu, thickness: float) -> None:
+        transmission[mask] *= np.exp(-np.asarray(mu) * thickness)
 
     bag = [(width * 0.06, height * 0.1), (width * 0.94, height * 0.08), (width * 0.96, height * 0.9),
            (width * 0.05, height * 0.92)]
-    absorb(_polygon_mask(size, bag), "organic", 0.35)
+    absorb(_polygon_mask(size, bag), MATERIALS["organic"], 0.35)
     for _ in range(int(rng.integers(10, 18))):  # clutter: clothes, bottles, cables, electronics
         material = str(rng.choice(["organic", "organic", "mixed", "mixed", "dense"]))
         poly = _ellipse_polygon(rng.uniform(0.12, 0.88) * width, rng.uniform(0.15, 0.85) * height,
                                 rng.uniform(0.04, 0.2) * width, rng.uniform(0.03, 0.15) * height,
                                 rng.uniform(0, math.pi))
-        absorb(_polygon_mask(size, poly), material, rng.uniform(0.2, 0.9))
-    annotations = []
+        absorb(_polygon_mask(size, poly), MATERIALS[material], rng.uniform(0.2, 0.9))
+    items = []
     for _ in range(threats):
         name = str(rng.choice(THREATS))
         scale = rng.uniform(0.09, 0.16) * min(width, height) * (1.6 if name in ("Gun", "Hammer") else 1.2)
         poly = _transform(SHAPES[name], rng.uniform(0.25, 0.75) * width, rng.uniform(0.25, 0.75) * height, scale,
                           rng.uniform(0, 2 * math.pi))
         poly = [(min(max(x, 1.0), width - 2.0), min(max(y, 1.0), height - 2.0)) for x, y in poly]
-        absorb(_polygon_mask(size, poly), "metal", rng.uniform(0.9, 1.6))
-        annotations.append((name, poly))
+        mask = _polygon_mask(size, poly)
+        absorb(mask, ITEM_MU[name], rng.uniform(0.9, 1.4))
+        items.append((name, poly, mask))
     noise = rng.normal(0, 0.012, transmission.shape)
     image = np.clip(255 * (0.97 * transmission + noise), 0, 255).astype(np.uint8)
-    return image, annotations
+    return image, items
 
 
-def write_sample_set(out: Path, n: int, seed: int = 0, width: int = 320, height: int = 256) -> Path:
-    """Write ``n`` PNG images and ``annotations.json`` (COCO) into ``out``; returns the COCO path."""
+def mask_annotation(mask: np.ndarray) -> dict:
+    """COCO ``bbox`` (tight, ``[x, y, w, h]``), ``area`` and compressed-RLE ``segmentation`` of a
+    bool ``[H, W]`` mask."""
+    from pycocotools import mask as mask_utils
+
+    rows, cols = np.nonzero(mask)
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode()
+    x0, y0 = int(cols.min()), int(rows.min())
+    return {"bbox": [x0, y0, int(cols.max()) + 1 - x0, int(rows.max()) + 1 - y0], "area": int(mask.sum()),
+            "segmentation": rle}
+
+
+def write_sample_set(out: Path, n: int, seed: int = 0, width: int = 320, height: int = 256,
+                     split: str = "all") -> Path:
+    """Write ``n`` PNG images and ``annotations.json`` (COCO) into ``out``; returns the COCO path.
+
+    ``split``: ``all``, ``train`` or ``val``; image ``k`` is drawn from the seed ``(seed, split, k)``.
+    """
     from PIL import Image
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     categories = {name: i + 1 for i, name in enumerate(THREATS)}
-    coco = {"info": {"description": "xsyn sample data (synthetic pseudo-colour X-ray)", "seed": seed},
+    coco = {"info": {"description": "xsyn phantom X-ray baggage (synthetic pseudo-colour, exact masks)",
+                     "seed": seed, "split": split},
             "images": [], "annotations": [],
             "categories": [{"id": i, "name": name, "supercategory": "threat"} for name, i in categories.items()]}
     for k in range(n):
-        image, annotations = render(rng, width, height, threats=int(rng.integers(1, 4)))
+        rng = np.random.default_rng([seed, SPLITS[split], k])
+        image, items = render(rng, width, height, threats=int(rng.integers(1, 4)))
         name = f"images/sample_{k:04d}.png"
         Image.fromarray(image).save(out / name)
         coco["images"].append({"id": k + 1, "file_name": name, "width": width, "height": height})
-        for cls, poly in annotations:
-            xs, ys = [p[0] for p in poly], [p[1] for p in poly]
-            x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
-            coco["annotations"].append({
-                "id": len(coco["annotations"]) + 1, "image_id": k + 1, "category_id": categories[cls],
-                "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                "area": round(float(_polygon_mask((width, height), poly).sum()), 1), "iscrowd": 0,
-                "segmentation": [[round(v, 2) for p in poly for v in p]],
-            })
+        for cls, _, mask in items:
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": k + 1,
+                                        "category_id": categories[cls], "iscrowd": 0, **mask_annotation(mask)})
     path = out / "annotations.json"
     path.write_text(json.dumps(coco, indent=1))
     return path
+
+
+def write_splits(out: Path, n_train: int, n_val: int, seed: int = 0, width: int = 320, height: int = 256
+                 ) -> dict[str, Path]:
+    """``out/train`` and ``out/val``, each a COCO set; returns ``{split: COCO path}``."""
+    return {split: write_sample_set(Path(out) / split, count, seed, width, height, split)
+            for split, count in (("train", n_train), ("val", n_val))}

@@ -1,4 +1,5 @@
-"""``xsyn sample-data``: write a small COCO set of baggage-like pseudo-colour X-ray images."""
+"""``xsyn sample-data``: phantom pseudo-colour X-ray baggage images with exact COCO masks; one
+set, or train / val splits (``--val``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from xsyn.errors import InvalidArgument
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sample-data", help="write N synthetic X-ray baggage images with a COCO file")
+    p = sub.add_parser("sample-data", help="write N phantom X-ray baggage images with a COCO file (exact masks)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--n", type=int, default=6)
+    p.add_argument("--n", type=int, default=6, help="images (the train split's with --val)")
+    p.add_argument("--val", type=int, default=0, metavar="M",
+                   help="also write a validation split: OUT/train (N images) and OUT/val (M images)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=256)
@@ -19,10 +22,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xsyn.client.sample_data import write_sample_set
+    from xsyn.client.sample_data import write_sample_set, write_splits
 
-    if args.n < 1 or min(args.width, args.height) < 64:
-        raise InvalidArgument("--n must be >= 1 and --width/--height >= 64")
+    if args.n < 1 or args.val < 0 or min(args.width, args.height) < 64:
+        raise InvalidArgument("--n must be >= 1, --val >= 0 and --width/--height >= 64")
+    if args.val:
+        for split, path in write_splits(args.out, args.n, args.val, args.seed, args.width, args.height).items():
+            print(f"xsyn sample-data: {split}: {args.val if split == 'val' else args.n} images and {path}")
+        return 0
     path = write_sample_set(args.out, args.n, args.seed, args.width, args.height)
     print(f"xsyn sample-data: {args.n} images and {path}")
     return 0
