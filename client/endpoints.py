@@ -162,7 +162,8 @@ class EndpointPool:
         """The endpoint for the next call (its ``outstanding`` counted up; :meth:`release` it).
 
         ``affinity``: an annotation key; its pinned endpoint is used while healthy. Raises
-        :class:`NoServerAvailable` when every endpoint is out.
+        :class:`NoServerAvailable` when every endpoint of several is out; a single endpoint is
+        used even while out (as a one-server client always did).
         """
         with self._lock:
             pinned = self._pins.get(affinity) if affinity is not None else None
@@ -172,6 +173,8 @@ class EndpointPool:
             elif pinned is not None and candidates:
                 raise NotFound(f"key {affinity}: the server that embedded it ({pinned.url}) is out "
                                f"({pinned.reason}); embed the image again")
+            elif not candidates and len(self.endpoints) == 1:
+                chosen = self.endpoints[0]  # nowhere else to go: the call itself probes it
             elif not candidates:
                 raise NoServerAvailable("no server is available: "
                                         + "; ".join(e.describe() for e in self.endpoints))

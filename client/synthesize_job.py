@@ -257,13 +257,17 @@ class Job:
         return DONE
 
     def attempt(self, item: WorkItem) -> Outcome:
-        """:meth:`synthesize_item`, with any error turned into the item's outcome."""
+        """:meth:`synthesize_item`, with any error turned into the item's outcome: UNAVAILABLE
+        (after the client's retries) while every server is out is ``unavailable``."""
         from xsyn.client.endpoints import NoServerAvailable
+        from xsyn.errors import Unavailable
 
         try:
             return self.synthesize_item(item)
-        except NoServerAvailable as exc:
-            return Outcome("unavailable", str(exc))
+        except Unavailable as exc:
+            if isinstance(exc, NoServerAvailable) or self.backend.fleet_down():
+                return Outcome("unavailable", str(exc))
+            return Outcome("failed", f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # reported per item; the run goes on
             return Outcome("failed", f"{type(exc).__name__}: {exc}")
 

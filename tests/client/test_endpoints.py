@@ -84,3 +84,12 @@ def test_a_dns_entry_stands_for_every_address_of_its_name():
     pool = _pool("dns:///localhost:8001,10.0.0.9:1", up={"127.0.0.1:8001"})
     assert "127.0.0.1:8001" in pool.urls and pool.urls[-1] == "10.0.0.9:1"
     pool.close()
+
+
+def test_a_single_endpoint_is_used_even_while_out():
+    """One server: nowhere else to go, so the call goes there and is itself the probe (the
+    one-server client's behaviour: it retries with backoff and raises what the server said)."""
+    pool = _pool("a:1", up=set())
+    assert pool.check_all() == {"a:1": "connection refused"}
+    assert pool.acquire().url == "a:1"
+    pool.close()
