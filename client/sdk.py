@@ -140,20 +140,19 @@ def _connect_pool(url, client_module, options: dict, health_interval: float, pro
                                 _ready_probe(probe_timeout), health_interval)
 
 
-def _fleet_health(reports: dict[str, dict]) -> dict:
-    """One endpoint's health report (the first that answered) plus ``endpoints``: every one's."""
-    answered = [r for r in reports.values() if "error" not in r]
+def _fleet_health(reports: dict[str, dict], errors: dict[str, XsynError]) -> dict:
+    """One endpoint's health report (the first that answered) plus ``endpoints``: every one's
+    (``errors``: the endpoints that did not answer, also reported with ``error``)."""
+    answered = [r for url, r in reports.items() if url not in errors]
     if not answered:
-        if len(reports) == 1:
-            raise next(iter(reports.values()))["exception"]
-        raise NoServerAvailable("no server answered: " + "; ".join(f"{u} ({r['error']})" for u, r in reports.items()))
-    clean = {u: {k: v for k, v in r.items() if k != "exception"} for u, r in reports.items()}
-    return {**answered[0], "endpoints": clean}
+        if len(errors) == 1:
+            raise next(iter(errors.values()))
+        raise NoServerAvailable("no server answered: " + "; ".join(f"{u} ({e})" for u, e in errors.items()))
+    return {**answered[0], "endpoints": reports}
 
 
-def _failed_report(exc: Exception) -> dict:
-    error = map_error(exc)
-    return {"live": False, "ready": False, "models": {}, "error": str(error), "exception": error}
+def _failed_report(error: XsynError) -> dict:
+    return {"live": False, "ready": False, "models": {}, "error": str(error)}
 
 
 @dataclass
@@ -327,14 +326,15 @@ class XsynClient(_Balanced):
     def health(self) -> dict:
         """Liveness/readiness and every model's state of the first server that answers, and
         ``endpoints``: each server's report (``error`` for one that did not answer)."""
-        reports = {}
+        reports, errors = {}, {}
         for e in self.pool.endpoints:
             try:
                 reports[e.url] = health_report(e.client.is_server_live(), e.client.is_server_ready(),
                                                model_states(e.client))
             except Exception as exc:
-                reports[e.url] = _failed_report(exc)
-        return _fleet_health(reports)
+                errors[e.url] = map_error(exc)
+                reports[e.url] = _failed_report(errors[e.url])
+        return _fleet_health(reports, errors)
 
     def close(self) -> None:
         self.pool.close()
@@ -456,14 +456,15 @@ class AsyncXsynClient(_Balanced):
         return await self._call(*generate_call(key, **overrides), affinity=key)
 
     async def health(self) -> dict:
-        reports = {}
+        reports, errors = {}, {}
         for e in self.pool.endpoints:
             try:
                 reports[e.url] = health_report(await e.client.is_server_live(), await e.client.is_server_ready(),
                                                await async_model_states(e.client))
             except Exception as exc:
-                reports[e.url] = _failed_report(exc)
-        return _fleet_health(reports)
+                errors[e.url] = map_error(exc)
+                reports[e.url] = _failed_report(errors[e.url])
+        return _fleet_health(reports, errors)
 
     async def close(self) -> None:
         self.pool.close()

@@ -73,15 +73,26 @@ def tiny_repo(tiny_export):
     return out
 
 
+def _test_server(repo: Path, tmp_path_factory, logs: str) -> TritonServer:
+    """A server (started by ``with``) on ``repo`` with free ports, the tests' small APSAM cache
+    (so eviction is testable) and its log in a fresh folder named ``logs``."""
+    os.environ["XSYN_APSAM_CACHE_BYTES"] = str(APSAM_TEST_CACHE_BYTES)
+    return TritonServer(ServerOptions(repository=repo, grpc_port=free_port(), http_port=free_port(),
+                                      metrics_port=free_port(), log_path=tmp_path_factory.mktemp(logs) / "triton.log"))
+
+
+def _repository_copy(tiny_repo: Path, tmp_path_factory, name: str) -> Path:
+    import shutil
+
+    repo = tmp_path_factory.mktemp(name) / "repo"
+    shutil.copytree(tiny_repo, repo)
+    return repo
+
+
 @pytest.fixture(scope="session")
 def onnxruntime_server(tiny_repo, tmp_path_factory):
     """The tiny repository served with the default (ONNX Runtime) leaf models."""
-    import os
-
-    os.environ["XSYN_APSAM_CACHE_BYTES"] = str(APSAM_TEST_CACHE_BYTES)  # small, so eviction is testable
-    options = ServerOptions(repository=tiny_repo, grpc_port=free_port(), http_port=free_port(),
-                            metrics_port=free_port(), log_path=tmp_path_factory.mktemp("logs") / "triton.log")
-    with TritonServer(options) as server:
+    with _test_server(tiny_repo, tmp_path_factory, "logs") as server:
         yield server
 
 
@@ -89,14 +100,8 @@ def onnxruntime_server(tiny_repo, tmp_path_factory):
 def second_onnxruntime_server(tiny_repo, tmp_path_factory):
     """A second real server like :func:`onnxruntime_server` on a copy of its repository: the fleet
     tests balance over the two and compare with a one-server run."""
-    import shutil
-
-    os.environ["XSYN_APSAM_CACHE_BYTES"] = str(APSAM_TEST_CACHE_BYTES)
-    repo = tmp_path_factory.mktemp("tiny_repo_second") / "repo"
-    shutil.copytree(tiny_repo, repo)
-    options = ServerOptions(repository=repo, grpc_port=free_port(), http_port=free_port(),
-                            metrics_port=free_port(), log_path=tmp_path_factory.mktemp("logs_second") / "triton.log")
-    with TritonServer(options) as server:
+    repo = _repository_copy(tiny_repo, tmp_path_factory, "tiny_repo_second")
+    with _test_server(repo, tmp_path_factory, "logs_second") as server:
         yield server
 
 
@@ -110,18 +115,11 @@ def tiny_server(onnxruntime_server):
 def tiny_server_torch(tiny_repo, tmp_path_factory):
     """A second real server on a copy of the tiny repository whose leaf models run the exported
     ``model.pt2`` programs with the torch runtime (fp32, CPU): ``xsyn serve --runtime torch``."""
-    import os
-    import shutil
-
     from xsyn.settings import ServerSettings
 
-    os.environ["XSYN_APSAM_CACHE_BYTES"] = str(APSAM_TEST_CACHE_BYTES)
-    repo = tmp_path_factory.mktemp("tiny_repo_torch") / "repo"
-    shutil.copytree(tiny_repo, repo)
+    repo = _repository_copy(tiny_repo, tmp_path_factory, "tiny_repo_torch")
     write_repository(repo, "embedded", runtime=ServerSettings(runtime="torch", device="cpu"))
-    options = ServerOptions(repository=repo, grpc_port=free_port(), http_port=free_port(),
-                            metrics_port=free_port(), log_path=tmp_path_factory.mktemp("logs_torch") / "triton.log")
-    with TritonServer(options) as server:
+    with _test_server(repo, tmp_path_factory, "logs_torch") as server:
         yield server
 
 
