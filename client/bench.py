@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
     from xsyn.serving.command import DEFAULT_REPOSITORY, add_runtime_arguments
 
     p = sub.add_parser("bench", help="benchmark reference vs in-process vs served on this machine's device")
-    p.add_argument("--preset", choices=("tiny", "full"), default="tiny")
+    p.add_argument("--preset", choices=("tiny", "tiny-random", "full"), default="tiny")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--requests", type=int, default=3, help="timed requests per single-stream measurement")

@@ -14,14 +14,14 @@ from xsyn import __version__
 from xsyn.errors import MissingDependency, XsynError
 
 #: Commands that need the ``server`` extra (torch, ONNX Runtime, tritonserver).
-SERVER_COMMANDS = ("export", "serve", "health", "repository", "demo", "bench")
+SERVER_COMMANDS = ("export", "serve", "health", "repository", "demo", "bench", "train-tiny", "quality")
 
 
 def add_server_commands(sub) -> None:
     """Register the export / serving commands, or, in a client-only install, stand-ins that say
     what to install (the client commands work either way)."""
     try:
-        from xsyn.client import bench, demo
+        from xsyn.client import bench, demo, quality, train_tiny_command
         from xsyn.export import command as export_command
         from xsyn.serving import command as serving_command
     except ImportError as exc:
@@ -39,6 +39,8 @@ def add_server_commands(sub) -> None:
     serving_command.add_parsers(sub)
     demo.add_parser(sub)
     bench.add_parser(sub)
+    train_tiny_command.add_parser(sub)
+    quality.add_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

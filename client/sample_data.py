@@ -84,6 +84,16 @@ SHAPES = {
 
 def render(rng: np.random.Generator, width: int = 320, height: int = 256, threats: int = 2):
     """One image (uint8 ``[H, W, 3]``) and its items ``[(class, polygon, mask bool [H, W])]``."""
+    image, _, items, _ = render_scene(rng, width, height, threats)
+    return image, items
+
+
+def render_scene(rng: np.random.Generator, width: int = 320, height: int = 256, threats: int = 2):
+    """:func:`render`'s image, the same bag without its items (same clutter and sensor noise),
+    the items, and the background objects ``[(material, mask bool [H, W])]`` (the bag, then each
+    piece of clutter, each mask its whole extent): ``(image, empty_bag, items, background)``.
+    The quality checks paint items into the empty bag; training teaches SAM the background
+    objects too, so that automatic masks find clutter (idle regions, BOM occluders)."""
     transmission = np.ones((height, width, 3), np.float64)
     size = (width, height)
 
@@ -92,13 +102,16 @@ def render(rng: np.random.Generator, width: int = 320, height: int = 256, threat
 
     bag = [(width * 0.06, height * 0.1), (width * 0.94, height * 0.08), (width * 0.96, height * 0.9),
            (width * 0.05, height * 0.92)]
-    absorb(_polygon_mask(size, bag), MATERIALS["organic"], 0.35)
+    background = [("bag", _polygon_mask(size, bag))]
+    absorb(background[0][1], MATERIALS["organic"], 0.35)
     for _ in range(int(rng.integers(10, 18))):  # clutter: clothes, bottles, cables, electronics
         material = str(rng.choice(["organic", "organic", "mixed", "mixed", "dense"]))
         poly = _ellipse_polygon(rng.uniform(0.12, 0.88) * width, rng.uniform(0.15, 0.85) * height,
                                 rng.uniform(0.04, 0.2) * width, rng.uniform(0.03, 0.15) * height,
                                 rng.uniform(0, math.pi))
-        absorb(_polygon_mask(size, poly), MATERIALS[material], rng.uniform(0.2, 0.9))
+        background.append((material, _polygon_mask(size, poly)))
+        absorb(background[-1][1], MATERIALS[material], rng.uniform(0.2, 0.9))
+    empty = transmission.copy()
     items = []
     for _ in range(threats):
         name = str(rng.choice(THREATS))
@@ -110,8 +123,11 @@ def render(rng: np.random.Generator, width: int = 320, height: int = 256, threat
         absorb(mask, ITEM_MU[name], rng.uniform(0.9, 1.4))
         items.append((name, poly, mask))
     noise = rng.normal(0, 0.012, transmission.shape)
-    image = np.clip(255 * (0.97 * transmission + noise), 0, 255).astype(np.uint8)
-    return image, items
+
+    def expose(t):
+        return np.clip(255 * (0.97 * t + noise), 0, 255).astype(np.uint8)
+
+    return expose(transmission), expose(empty), items, background
 
 
 def mask_annotation(mask: np.ndarray) -> dict:
@@ -128,10 +144,12 @@ def mask_annotation(mask: np.ndarray) -> dict:
 
 
 def write_sample_set(out: Path, n: int, seed: int = 0, width: int = 320, height: int = 256,
-                     split: str = "all") -> Path:
+                     split: str = "all", background: bool = False) -> Path:
     """Write ``n`` PNG images and ``annotations.json`` (COCO) into ``out``; returns the COCO path.
 
     ``split``: ``all``, ``train`` or ``val``; image ``k`` is drawn from the seed ``(seed, split, k)``.
+    ``background``: also write ``background.json``, a COCO file of the same images whose objects
+    are the bag and its clutter (category per material), for training SAM on everything.
     """
     from PIL import Image
 
@@ -142,22 +160,33 @@ def write_sample_set(out: Path, n: int, seed: int = 0, width: int = 320, height:
                      "seed": seed, "split": split},
             "images": [], "annotations": [],
             "categories": [{"id": i, "name": name, "supercategory": "threat"} for name, i in categories.items()]}
+    materials = {name: i + 1 for i, name in enumerate(["bag", *MATERIALS])}
+    clutter = {"info": dict(coco["info"], description="the bag and clutter objects of annotations.json's images"),
+               "images": coco["images"], "annotations": [],
+               "categories": [{"id": i, "name": name, "supercategory": "background"} for name, i in materials.items()]}
     for k in range(n):
         rng = np.random.default_rng([seed, SPLITS[split], k])
-        image, items = render(rng, width, height, threats=int(rng.integers(1, 4)))
+        image, _, items, objects = render_scene(rng, width, height, threats=int(rng.integers(1, 4)))
         name = f"images/sample_{k:04d}.png"
         Image.fromarray(image).save(out / name)
         coco["images"].append({"id": k + 1, "file_name": name, "width": width, "height": height})
         for cls, _, mask in items:
             coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": k + 1,
                                         "category_id": categories[cls], "iscrowd": 0, **mask_annotation(mask)})
+        for material, mask in objects if background else ():
+            if mask.any():
+                clutter["annotations"].append({"id": len(clutter["annotations"]) + 1, "image_id": k + 1,
+                                               "category_id": materials[material], "iscrowd": 0,
+                                               **mask_annotation(mask)})
+    if background:
+        (out / "background.json").write_text(json.dumps(clutter))
     path = out / "annotations.json"
     path.write_text(json.dumps(coco, indent=1))
     return path
 
 
-def write_splits(out: Path, n_train: int, n_val: int, seed: int = 0, width: int = 320, height: int = 256
-                 ) -> dict[str, Path]:
+def write_splits(out: Path, n_train: int, n_val: int, seed: int = 0, width: int = 320, height: int = 256,
+                 background: bool = False) -> dict[str, Path]:
     """``out/train`` and ``out/val``, each a COCO set; returns ``{split: COCO path}``."""
-    return {split: write_sample_set(Path(out) / split, count, seed, width, height, split)
+    return {split: write_sample_set(Path(out) / split, count, seed, width, height, split, background)
             for split, count in (("train", n_train), ("val", n_val))}

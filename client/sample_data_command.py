@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=256)
+    p.add_argument("--background", action="store_true",
+                   help="also write background.json: the bag and clutter objects as COCO (for xsyn train-tiny)")
     p.set_defaults(handler=run)
 
 
@@ -27,9 +29,10 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1 or args.val < 0 or min(args.width, args.height) < 64:
         raise InvalidArgument("--n must be >= 1, --val >= 0 and --width/--height >= 64")
     if args.val:
-        for split, path in write_splits(args.out, args.n, args.val, args.seed, args.width, args.height).items():
+        splits = write_splits(args.out, args.n, args.val, args.seed, args.width, args.height, args.background)
+        for split, path in splits.items():
             print(f"xsyn sample-data: {split}: {args.val if split == 'val' else args.n} images and {path}")
         return 0
-    path = write_sample_set(args.out, args.n, args.seed, args.width, args.height)
+    path = write_sample_set(args.out, args.n, args.seed, args.width, args.height, background=args.background)
     print(f"xsyn sample-data: {args.n} images and {path}")
     return 0

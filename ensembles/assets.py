@@ -25,8 +25,8 @@ class PipelineAssets:
         sam_mask_tokens: SAM's learned mask tokens, float32 ``[1, M, C]``; None for APSAM,
             whose tokens come from its image encoder, per image.
         capture_outputs: UNet attention outputs (``attn_*``) and their grid sides.
-        profile: ``tiny`` when the repository was exported from the tiny preset (untrained
-            weights: relaxed defaults apply), else ``standard``; the export manifest states it.
+        profile: ``tiny`` (trained tiny preset) or ``tiny-random`` (its untrained weights: relaxed
+            defaults apply), else ``standard``; the export manifest states it.
         max_objects: grounding boxes per request, from the UNet spec's ``boxes`` input.
     """
 

@@ -15,12 +15,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from xsyn.api.diffusion import SD14_SCHEDULER
 from xsyn.api.limits import MAX_OBJECTS
 from xsyn.errors import Cancelled
 from xsyn.ensembles.runner import Runner, infer_on_device
 
-SD14_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                      clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
 class TorchNoise:

@@ -164,12 +164,12 @@ class AmgSettings:
     stability_score_thresh: float = 0.95
     stability_score_offset: float = 1.0
     box_nms_thresh: float = 0.7
-    #: tiny profile only: split every mask into its 8-connected components of at least
+    #: tiny-random profile only: split every mask into its 8-connected components of at least
     #: ``min_component_area`` pixels (untrained SAM masks are image-wide speckle, whose
     #: bounding box is the whole image; their components still give local candidates).
     split_components: bool = False
     min_component_area: int = 0
-    #: tiny profile only: binarise each mask at this quantile of its own logits instead of 0.
+    #: tiny-random profile only: binarise each mask at this quantile of its own logits instead of 0.
     binarize_quantile: float | None = None
     #: budget: bytes of full-size mask logits held at once; a large image gets smaller point
     #: batches (same masks, bounded memory); ``ServerSettings.amg_batch_bytes``

@@ -30,15 +30,21 @@ from xsyn.ensembles.prompts import encode_phrases, encode_prompts, phrase_token_
 from xsyn.ensembles.runner import Runner
 from xsyn.ensembles.sam_ops import AmgSettings, SamImage, embed_images, generate_masks
 
-#: Defaults per repository profile. Untrained tiny weights make SAM's default filters reject
-#: every mask, so the tiny profile relaxes them (and widens the idle-area range) so that every
-#: stage still runs; real checkpoints use the paper's / reference code's values.
+#: Defaults per repository profile; real checkpoints use the paper's / reference code's values.
+#: ``tiny`` (trained on phantom bags, 256 px): a 16 x 16 point grid and SAM's filters a little
+#: looser, sized to what the tiny SAM's IoU head reaches. ``tiny-random``: untrained SAM makes
+#: the default filters reject every mask, so they are relaxed (and the idle-area range widened)
+#: so that every stage still runs. Both paste the input back outside the generated boxes: the
+#: tiny VAE's reconstruction is lossy.
 PROFILE_DEFAULTS = {
     "standard": {"amg": AmgSettings(), "idle_area_range": (500.0, 30000.0), "composite_background": False},
-    "tiny": {"amg": AmgSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                                box_nms_thresh=0.7, split_components=True, min_component_area=64,
-                                binarize_quantile=0.9),
+    "tiny": {"amg": AmgSettings(points_per_side=16, pred_iou_thresh=0.7, stability_score_thresh=0.8,
+                                box_nms_thresh=0.7),
              "idle_area_range": (200.0, 60000.0), "composite_background": True},
+    "tiny-random": {"amg": AmgSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                                       box_nms_thresh=0.7, split_components=True, min_component_area=64,
+                                       binarize_quantile=0.9),
+                    "idle_area_range": (200.0, 60000.0), "composite_background": True},
 }
 AREA_REFERENCE = 512
 

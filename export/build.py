@@ -139,7 +139,7 @@ def _staging(parent: Path) -> Path:
 def export_graph(net: Network, out: Path, source: str, force: bool = False, profile: str = "standard") -> GraphResult:
     """ONNX stage of one graph: cached, or exported + parity-checked + published.
 
-    ``profile``: ``tiny`` or ``standard``, stated in the manifest for the orchestrators.
+    ``profile``: ``tiny``, ``tiny-random`` or ``standard``, stated in the manifest for the orchestrators.
     """
     name = net.spec.name
     version_dir = out / name / "1"

@@ -29,6 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sam-checkpoint", type=Path, help="same as --checkpoint, for a SAM or APSAM .pth")
     p.add_argument("--sam-variant", choices=("vit_h", "vit_l", "vit_b"), help="insist on this SAM variant")
     p.add_argument("--seed", type=int, default=0, help="preset weight seed (default 0)")
+    p.add_argument("--tiny-weights", type=Path, metavar="DIR",
+                   help="--preset tiny: a weights folder `xsyn train-tiny` wrote (default: the committed weights)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output repository (default {DEFAULT_OUT}/)")
     p.add_argument("--engine", choices=("onnx", "tensorrt"), default="onnx", help="onnx, or onnx + TensorRT plans")
     p.add_argument("--fp32-engine", action="store_true", help="TensorRT plans in fp32 instead of fp16")
@@ -47,11 +49,13 @@ def run(args: argparse.Namespace) -> int:
     paths = [*args.checkpoint, *(p for p in (args.checkpoint_dir, args.sam_checkpoint) if p)]
     if args.preset is None and not paths:
         raise InvalidArgument("give --preset, or --checkpoint PATH (repeatable)")
+    if args.tiny_weights and args.preset != "tiny":
+        raise InvalidArgument("--tiny-weights goes with --preset tiny")
     if args.preset and paths:
         raise InvalidArgument(f"--preset {args.preset} brings its own weights; drop the checkpoint options")
     started = time.perf_counter()
     if args.preset:
-        bundle = preset_bundle(args.preset, args.seed)
+        bundle = preset_bundle(args.preset, args.seed, weights_dir=args.tiny_weights)
     else:
         bundle = checkpoint_bundle(paths, args.sam_variant, args.tokenizer)
     layers = tuple(x.strip() for x in args.capture_layers.split(",")) if args.capture_layers else None

@@ -2,7 +2,10 @@
 
 Presets:
     ``tiny``: the real architectures (GLIGEN inpainting UNet, SD VAE, CLIP text model, APSAM as
-    its reference defines it) at tiny widths with seeded random weights; same seed -> identical
+    its reference defines it) at tiny widths, with the weights ``xsyn train-tiny`` trained on
+    phantom X-ray data (``xsyn/data/presets/tiny``, checked against their manifest's sha256);
+    the text encoder is tiny-random's, frozen during training.
+    ``tiny-random``: the same architectures with seeded random weights; same seed -> identical
     weights.
     ``full``: SD-1.4 and APSAM ViT-B shapes with seeded random weights (full-size export, timing).
 
@@ -30,7 +33,7 @@ from xsyn.errors import CheckpointError
 from xsyn.export import tokenizer as tok
 from xsyn.export.sam_arch import APSAM_VIT_B, TINY_APSAM, SamArch, build_sam, load_sam_checkpoint
 
-PRESETS = ("tiny", "full")
+PRESETS = ("tiny", "tiny-random", "full")
 
 
 PARTS = ("text_encoder", "unet", "vae", "sam")
@@ -51,8 +54,9 @@ class ModelBundle:
         tokenizer_dir: folder with ``vocab.json``/``merges.txt`` matching ``text_encoder``.
         sam: the segmentation model, SAM or APSAM (``sam_arch.kind``).
         sam_arch: its sizes (``img_size`` is the encoder input side).
-        profile: ``tiny`` for the tiny preset's untrained weights (the orchestrators relax their
-            defaults for it), else ``standard``; the export manifests state it.
+        profile: ``tiny`` for the trained tiny preset, ``tiny-random`` for its untrained weights
+            (the orchestrators size their defaults for each), else ``standard``; the export
+            manifests state it.
     """
 
     source: str
@@ -140,23 +144,35 @@ def _seeded(seed: int, build):
     return module.eval()
 
 
+#: the committed trained weights of the ``tiny`` preset (``xsyn train-tiny`` output)
+TINY_WEIGHTS = Path(__file__).resolve().parent / "data" / "presets" / "tiny"
+
+
 def default_work_dir() -> Path:
     """Scratch folder for generated inputs (the preset tokenizer): ``$XDG_CACHE_HOME/xsyn``."""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xsyn"
 
 
-def preset_bundle(name: str, seed: int = 0, work_dir: Path | None = None) -> ModelBundle:
-    """Seeded random modules of the real architectures at ``tiny`` or ``full`` size.
+def preset_bundle(name: str, seed: int = 0, work_dir: Path | None = None, weights_dir: Path | None = None
+                  ) -> ModelBundle:
+    """The modules of a preset: ``tiny`` (trained), ``tiny-random`` or ``full`` (seeded random).
 
     ``work_dir`` receives the generated tokenizer files (default :func:`default_work_dir`).
+    ``weights_dir``: the trained ``tiny`` weights folder (default: the committed one,
+    :data:`TINY_WEIGHTS`), e.g. one ``xsyn train-tiny`` just wrote; ``seed`` then applies to the
+    text encoder only, which must be the one the weights were trained with (seed 0).
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     if name not in PRESETS:
         raise CheckpointError(f"--preset {name!r}: expected one of {PRESETS}")
-    tiny = name == "tiny"
-    tok_dir = tok.write_tokenizer_files((work_dir or default_work_dir()) / f"tokenizer_{name}")
+    trained = name == "tiny"
+    if trained and seed != 0:
+        raise CheckpointError(f"--seed {seed}: the tiny preset's weights were trained with the seed-0 text "
+                              "encoder; --seed applies to --preset tiny-random and full")
+    tiny = name in ("tiny", "tiny-random")
+    tok_dir = tok.write_tokenizer_files(Path(work_dir or default_work_dir()) / f"tokenizer_{'tiny' if tiny else name}")
     ids = tok.tokenizer_ids(tok_dir)
     arch = TINY_APSAM if tiny else APSAM_VIT_B
     loaders = {
@@ -165,8 +181,15 @@ def preset_bundle(name: str, seed: int = 0, work_dir: Path | None = None) -> Mod
         "vae": lambda: _seeded(seed + 2, lambda: AutoencoderKL(**_vae_config(tiny))),
         "sam": lambda: _seeded(seed + 3, lambda: build_sam(arch)),
     }
-    return ModelBundle(source=f"preset {name} (seed {seed})", image_size=256 if tiny else 512,
-                       profile="tiny" if tiny else "standard", tokenizer_dir=tok_dir, sam_arch=arch, loaders=loaders)
+    source = f"preset {name} (seed {seed})"
+    if trained:
+        from xsyn.export.tiny_weights import trained_loaders
+
+        weights = trained_loaders(weights_dir or TINY_WEIGHTS, loaders)
+        loaders.update(weights.loaders)
+        source = f"preset tiny (trained: {weights.summary})"
+    return ModelBundle(source=source, image_size=256 if tiny else 512,
+                       profile=("tiny" if trained else "tiny-random") if tiny else "standard", tokenizer_dir=tok_dir, sam_arch=arch, loaders=loaders)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -37,7 +37,7 @@ def tiny_export(tmp_path_factory, cache_home):
 
 @pytest.fixture
 def tiny_bundle(tmp_path):
-    """A freshly built tiny preset (seed 0), untouched by any export wrapper."""
+    """A freshly built tiny preset (trained weights), untouched by any export wrapper."""
     from xsyn.export.sources import preset_bundle
 
     return preset_bundle("tiny", seed=0, work_dir=tmp_path)

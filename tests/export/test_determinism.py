@@ -1,4 +1,4 @@
-"""The tiny preset is a pure function of its seed: weights, graphs and cache keys."""
+"""The tiny-random preset is a pure function of its seed: weights, graphs and cache keys."""
 
 import torch
 
@@ -14,8 +14,8 @@ def _state(bundle):
 
 
 def test_same_seed_same_weights_and_graphs(tmp_path):
-    a = preset_bundle("tiny", seed=0, work_dir=tmp_path / "a")
-    b = preset_bundle("tiny", seed=0, work_dir=tmp_path / "b")
+    a = preset_bundle("tiny-random", seed=0, work_dir=tmp_path / "a")
+    b = preset_bundle("tiny-random", seed=0, work_dir=tmp_path / "b")
     sa, sb = _state(a), _state(b)
     for part in sa:
         assert sa[part].keys() == sb[part].keys()
@@ -29,12 +29,12 @@ def test_same_seed_same_weights_and_graphs(tmp_path):
 
 
 def test_other_seed_other_weights(tmp_path):
-    a = preset_bundle("tiny", seed=0, work_dir=tmp_path)
-    c = preset_bundle("tiny", seed=1, work_dir=tmp_path)
+    a = preset_bundle("tiny-random", seed=0, work_dir=tmp_path)
+    c = preset_bundle("tiny-random", seed=1, work_dir=tmp_path)
     assert not torch.equal(a.unet.conv_in.weight, c.unet.conv_in.weight)
 
 
 def test_zero_initialised_parameters_are_filled(tmp_path):
-    bundle = preset_bundle("tiny", seed=0, work_dir=tmp_path)
+    bundle = preset_bundle("tiny-random", seed=0, work_dir=tmp_path)
     gates = [m.alpha_attn for m in bundle.unet.modules() if hasattr(m, "alpha_attn")]
     assert gates and all(float(g.detach()) != 0.0 for g in gates)  # GLIGEN fuser is not a no-op

@@ -36,7 +36,7 @@ class SynthesisRequest(BaseModel):
     keeps the grounding boxes. ``idle_area_range`` is in pixels at 512 x 512 (reference code:
     500..30000); ``min_box_ratio`` defaults to the class-group file's. ``composite_background``
     pastes the input's pixels back outside the generated boxes and occluded cells (default: on
-    for the tiny profile, whose untrained VAE cannot reconstruct a background; off otherwise,
+    for the tiny profiles, whose tiny VAE reconstructs a background only roughly; off otherwise,
     as in the paper).
     """
 

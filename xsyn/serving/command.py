@@ -22,7 +22,7 @@ DEFAULT_REPOSITORY = Path("model_repository")
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="start Triton on the model repository until Ctrl-C / SIGTERM")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", choices=("tiny", "full"), help="export the preset into the repository when missing")
+    src.add_argument("--preset", choices=("tiny", "tiny-random", "full"), help="export the preset into the repository when missing")
     src.add_argument("--repository", type=Path, help="serve this exported repository")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     p.add_argument("--grpc-port", type=int, default=8001)
