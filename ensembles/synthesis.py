@@ -31,16 +31,16 @@ from xsyn.ensembles.runner import Runner
 from xsyn.ensembles.sam_ops import AmgSettings, SamImage, embed_images, generate_masks
 
 #: Defaults per repository profile; real checkpoints use the paper's / reference code's values.
-#: ``tiny`` (trained on phantom bags, 256 px): a 16 x 16 point grid and SAM's filters sized to
-#: what the tiny APSAM's IoU head reaches (its predicted IoUs are 0.1..0.3; at 0.2 / 0.7 it
-#: keeps 0.5 masks an image, at 0.1 / 0.5 about 4: docs/measurements.md). ``tiny-random``: untrained SAM makes
+#: ``tiny`` (trained on phantom bags, 256 px): a 16 x 16 point grid; the tiny APSAM's IoU head
+#: predicts 0.1..0.3, so its filters keep every mask and split masks into components, or idle
+#: regions (``add`` mode, BOM occluders) are rarely found (docs/measurements.md). ``tiny-random``: untrained SAM makes
 #: the default filters reject every mask, so they are relaxed (and the idle-area range widened)
 #: so that every stage still runs. Both paste the input back outside the generated boxes: the
 #: tiny VAE's reconstruction is lossy.
 PROFILE_DEFAULTS = {
     "standard": {"amg": AmgSettings(), "idle_area_range": (500.0, 30000.0), "composite_background": False},
-    "tiny": {"amg": AmgSettings(points_per_side=16, pred_iou_thresh=0.1, stability_score_thresh=0.5,
-                                box_nms_thresh=0.7),
+    "tiny": {"amg": AmgSettings(points_per_side=16, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                                box_nms_thresh=0.7, split_components=True, min_component_area=64),
              "idle_area_range": (200.0, 60000.0), "composite_background": True},
     "tiny-random": {"amg": AmgSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                                        box_nms_thresh=0.7, split_components=True, min_component_area=64,
