@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xsyn.api.masks import rle_decode
+from xsyn.api.masks import mask_box, rle_decode
+from xsyn.ensembles.idle_regions import box_iou
 
 SIZE = 256
 PAINT_DENSITY = 0.6
@@ -70,21 +71,8 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def tight_box(mask: np.ndarray) -> list[float]:
-    rows, cols = np.nonzero(mask)
-    return [float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)]
-
-
 def loosened(mask: np.ndarray, ratio: float = LOOSEN) -> list[float]:
-    x0, y0, x1, y1 = tight_box(mask)
+    x0, y0, x1, y1 = mask_box(mask)
     dx, dy = ratio * (x1 - x0), ratio * (y1 - y0)
     return [max(0.0, x0 - dx), max(0.0, y0 - dy), min(float(SIZE), x1 + dx), min(float(SIZE), y1 + dy)]
 
@@ -155,7 +143,7 @@ def synthesis_quality(client, scenes: list[Scene], pictures: list | None = None)
             row = {"painted": bool(region.sum() >= 20), "class_ok": False, "sam_iou": 0.0,
                    "box_before": 0.0, "box_after_n0": 0.0, "box_after_n4": 0.0}
             if row["painted"]:
-                truth = tight_box(region)
+                truth = mask_box(region)
                 row["class_ok"] = painted_class(output, scene.empty, region) == cls
                 item4 = [i for i in answers[4].response.items if i.source == "generated"][j]
                 item0 = [i for i in answers[0].response.items if i.source == "generated"][j]

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from xsyn.api.diffusion import SD14_SCHEDULER
+from xsyn.api.diffusion import SD14_SCHEDULER, inpaint_mask
 from xsyn.api.limits import MAX_OBJECTS
 from xsyn.errors import Cancelled
 from xsyn.ensembles.runner import Runner, infer_on_device
@@ -45,17 +45,6 @@ def make_scheduler(steps: int):
     scheduler = DDIMScheduler(**SD14_SCHEDULER)
     scheduler.set_timesteps(steps)
     return scheduler
-
-
-def inpaint_mask(boxes: np.ndarray, size: int) -> np.ndarray:
-    """float32 ``[size, size]``: 1 outside every box (keep), 0 inside (repaint).
-
-    ``boxes``: ``[N, 4]`` xyxy normalised 0..1; corners truncate to latent cells as in diffusers.
-    """
-    mask = np.ones((size, size), np.float32)
-    for x0, y0, x1, y1 in boxes:
-        mask[int(y0 * size):int(y1 * size), int(x0 * size):int(x1 * size)] = 0
-    return mask
 
 
 @dataclass

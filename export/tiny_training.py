@@ -8,7 +8,7 @@ Five stages, each starting from the tiny-random preset's seeded weights (``decod
            the training set's latents, so the UNet sees unit-variance latents.
 ``decoder`` the VAE decoder fine-tuned on noisy latents (encoder frozen; see :func:`train_decoder`).
 ``unet``   GLIGEN inpainting: the 9-channel input ``concat(z_t, z0 * m, m)`` with ``m`` 0 inside
-           the items' boxes (as :func:`xsyn.ensembles.denoise.inpaint_mask`), boxes + class
+           the items' boxes (:func:`xsyn.api.diffusion.inpaint_mask`, as served), boxes + class
            phrases as grounding tokens, caption = the phrases joined (as the pipeline prompts),
            epsilon loss weighted 5x inside the boxes and by Min-SNR-5 over timesteps;
            classifier-free dropout drops caption and grounding together (10%) or grounding
@@ -49,6 +49,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from xsyn.api.diffusion import inpaint_mask
 from xsyn.api.limits import MAX_OBJECTS
 from xsyn.errors import InvalidArgument
 from xsyn.export.training_data import TrainingSet
@@ -200,15 +201,6 @@ def _downsize_mask(mask: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((side, side), Image.BILINEAR)) > 127
 
 
-def _inpaint_keep(boxes: np.ndarray, side: int) -> np.ndarray:
-    """float32 ``[side, side]``: 1 outside the boxes (xyxy 0..1), 0 inside; cells truncate as the
-    serving pipeline's inpainting mask does."""
-    keep = np.ones((side, side), np.float32)
-    for x0, y0, x1, y1 in boxes:
-        keep[int(y0 * side):int(y1 * side), int(x0 * side):int(x1 * side)] = 0
-    return keep
-
-
 # ----------------------------------------------------------------------------- VAE
 
 class ItemCrops:
@@ -347,7 +339,7 @@ def _unet_sample(rng, data: TrainingSet, i: int, side: int) -> tuple[int, int, l
         inside = max(0, cx1 - cx0) * max(0, cy1 - cy0)
         if it is anchor or inside >= 0.3 * (x1 - x0) * (y1 - y0):
             grounding.append((it.class_name, np.array([cx0, cy0, cx1, cy1], np.float32) / span))
-    keep = _inpaint_keep(np.array([b for _, b in grounding], np.float32).reshape(-1, 4), side)
+    keep = inpaint_mask(np.array([b for _, b in grounding], np.float32).reshape(-1, 4), side)
     return ox, oy, grounding, keep
 
 

@@ -44,8 +44,9 @@ class TrainingSet:
 
 
 def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    rows, cols = np.nonzero(mask)
-    return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+    from xsyn.api.masks import mask_box
+
+    return tuple(int(v) for v in mask_box(mask))
 
 
 def _decode_segmentation(seg, height: int, width: int, where: str) -> np.ndarray:
