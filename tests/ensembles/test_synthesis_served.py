@@ -83,7 +83,9 @@ def _check_items(response, w, h):
 
 
 def test_modify_and_add_end_to_end(tiny_server):
-    image = _image(2, 200, 300)
+    from xsyn.client.sample_data import render
+
+    image = render(np.random.default_rng(2), width=300, height=200)[0]  # a phantom bag: the tiny preset's domain
     boxes, classes = [[20.0, 30.0, 110.0, 120.0], [150.0, 60.0, 260.0, 170.0]], ["Knife", "Wrench"]
     with XsynClient(tiny_server.options.grpc_url) as client:
         request = {"boxes": boxes, "class_names": classes, "mode": "modify", "steps": 6, "seed": 11,
