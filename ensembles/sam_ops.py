@@ -1,11 +1,9 @@
 """SAM through the exported graphs: preprocessing, prompts, and automatic mask generation.
 
 Coordinates: points and boxes are xy pixels of the *original* image (x right, y down); masks
-come back at the original size. Preprocessing follows the exported model (``input_pipeline``):
-``sam`` is SAM's own (``ResizeLongestSide`` to the encoder size, pixel mean/std normalisation,
-zero padding bottom/right); ``apsam`` is the APSAM reference's (the whole image resized to
-``S x S`` with PIL bilinear, BGR channel order as ``cv2.imread`` gives it, 0..1, no
-normalisation; points scaled by ``S / W`` and ``S / H``).
+come back at the original size. Preprocessing follows the exported model (``input_pipeline``,
+:func:`xsyn.api.sam_input.encoder_input`); with ``apsam``'s square resize, points are scaled by
+``S / W`` and ``S / H``.
 """
 
 from __future__ import annotations
@@ -15,27 +13,10 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from xsyn.ensembles import images
+from xsyn.api.sam_input import encoder_input
 from xsyn.ensembles.runner import Runner, infer_on_device
 
-PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
-PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float32)
 ENCODER_MAX_BATCH = 4
-
-
-def preprocess(image: np.ndarray, size: int, pipeline: str = "sam") -> np.ndarray:
-    """uint8 ``[H, W, 3]`` RGB -> float32 ``[3, size, size]`` encoder input (see the module doc)."""
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    if pipeline == "apsam":
-        bgr = np.ascontiguousarray(image[..., ::-1])
-        return (images.resize(bgr, size, size).astype(np.float32) / 255.0).transpose(2, 0, 1)
-
-    resized = ResizeLongestSide(size).apply_image(image).astype(np.float32)
-    normed = (resized - PIXEL_MEAN) / PIXEL_STD
-    out = np.zeros((size, size, 3), np.float32)
-    out[: normed.shape[0], : normed.shape[1]] = normed
-    return out.transpose(2, 0, 1)
 
 
 def embed_images(runner: Runner, pictures: list[np.ndarray], assets) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +29,7 @@ def embed_images(runner: Runner, pictures: list[np.ndarray], assets) -> tuple[np
     embeddings, tokens = [], []
     for start in range(0, len(pictures), ENCODER_MAX_BATCH):
         chunk = pictures[start:start + ENCODER_MAX_BATCH]
-        batch = np.stack([preprocess(im, assets.sam_size, assets.sam_input) for im in chunk])
+        batch = np.stack([encoder_input(im, assets.sam_size, assets.sam_input) for im in chunk])
         out = runner.infer("sam_image_encoder", {"image": batch}, wanted)
         embeddings.append(out["image_embeddings"])
         tokens.append(out["mask_tokens"] if apsam else np.repeat(assets.sam_mask_tokens, len(chunk), axis=0))

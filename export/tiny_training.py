@@ -51,6 +51,7 @@ from torch.nn import functional as F
 
 from xsyn.api.diffusion import inpaint_mask
 from xsyn.api.limits import MAX_OBJECTS
+from xsyn.api.sam_input import encoder_input
 from xsyn.errors import InvalidArgument
 from xsyn.export.training_data import TrainingSet
 
@@ -464,23 +465,6 @@ def _prompt_sets(rng, objects, items: int, scale: float):
     return torch.from_numpy(xy), torch.tensor(labels, dtype=torch.float32), owner, kind
 
 
-def _encoder_inputs(images: np.ndarray, side: int, kind: str) -> np.ndarray:
-    """uint8 ``[N, S, S, 3]`` RGB -> float32 ``[N, 3, side, side]`` as the served pipeline prepares
-    them: APSAM's square resize to BGR 0..1, or SAM's longest-side resize and normalisation
-    (square images need no padding)."""
-    from PIL import Image
-
-    if kind == "apsam":
-        bgr = np.stack([np.asarray(Image.fromarray(im).resize((side, side), Image.BILINEAR))[..., ::-1] for im in images])
-        return (bgr.astype(np.float32) / 255.0).transpose(0, 3, 1, 2)
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    mean = np.array([123.675, 116.28, 103.53], np.float32)
-    std = np.array([58.395, 57.12, 57.375], np.float32)
-    resized = np.stack([ResizeLongestSide(side).apply_image(im) for im in images]).astype(np.float32)
-    return ((resized - mean) / std).transpose(0, 3, 1, 2)
-
-
 def train_segmenter(model, kind: str, data: TrainingSet, runner_args: dict) -> nn.Module:
     """APSAM (``kind`` ``apsam``) or the plain-SAM baseline (``sam``) on clicks, refinement
     clicks, boxes and CAR-style prompts (see the module docstring)."""
@@ -492,7 +476,7 @@ def train_segmenter(model, kind: str, data: TrainingSet, runner_args: dict) -> n
     grid = GRID if kind == "apsam" else enc // 16
     low = 4 * grid
     prompts = SamDecoderExport(model, square=kind == "apsam")  # its prompt and mask embedding, trained through
-    inputs = _encoder_inputs(data.images, enc, kind)
+    inputs = np.stack([encoder_input(im, enc, kind) for im in data.images])  # as the served pipeline
     targets = [[torch.from_numpy(_downsize_mask(it.mask, low)).float() for it in items] for items in data.items]
     cells = [torch.from_numpy(_downsize_mask(np.any([it.mask for it in items], axis=0), grid).reshape(-1)).long()
              if items else torch.zeros(grid * grid, dtype=torch.long) for items in data.items]
