@@ -67,18 +67,24 @@ def _transform(shape: list[tuple[float, float]], cx, cy, scale, angle):
     return [(cx + scale * (x * ca - y * sa), cy + scale * (x * sa + y * ca)) for x, y in shape]
 
 
-#: threat outlines in a unit frame (x right, y down), roughly centred on the origin
+#: threat outlines in a unit frame (x right, y down), roughly centred on the origin. Every part is
+#: at least 0.24 units thick, so that at the smallest scale each part spans about two cells of
+#: the tiny preset's latent grid (8 px): thinner strokes are lost by the VAE's downsampling and
+#: the UNet can only paint a blotch (docs/measurements.md, "why the items are blotches").
 SHAPES = {
-    "Knife": [(-1.0, -0.08), (0.55, -0.12), (1.0, 0.0), (0.55, 0.1), (-0.15, 0.1), (-0.15, 0.16), (-1.0, 0.16)],
-    "Gun": [(-0.9, -0.35), (0.9, -0.35), (0.9, -0.1), (-0.2, -0.1), (-0.1, 0.55), (-0.5, 0.55), (-0.6, -0.1),
-            (-0.9, -0.1)],
-    "Wrench": [(-1.0, -0.2), (-0.7, -0.22), (-0.65, -0.06), (0.65, -0.06), (0.7, -0.22), (1.0, -0.2), (1.0, 0.2),
-               (0.7, 0.22), (0.65, 0.06), (-0.65, 0.06), (-0.7, 0.22), (-1.0, 0.2)],
-    "Scissors": [(-1.0, -0.3), (0.0, -0.03), (1.0, -0.1), (0.05, 0.05), (1.0, 0.12), (0.0, 0.03), (-1.0, 0.3),
-                 (-0.6, 0.0)],
-    "Pliers": [(-1.0, -0.25), (-0.1, -0.06), (0.9, -0.12), (0.9, 0.12), (-0.1, 0.06), (-1.0, 0.25), (-0.9, 0.0)],
-    "Hammer": [(-1.0, -0.06), (0.55, -0.06), (0.55, -0.35), (0.85, -0.35), (0.85, 0.35), (0.55, 0.35), (0.55, 0.06),
-               (-1.0, 0.06)],
+    "Knife": [(-1.0, -0.16), (-0.2, -0.16), (-0.2, -0.3), (-0.06, -0.3), (-0.06, -0.2), (1.0, -0.2), (0.55, 0.24),
+              (-0.06, 0.24), (-0.06, 0.3), (-0.2, 0.3), (-0.2, 0.16), (-1.0, 0.16)],
+    "Gun": [(-0.9, -0.45), (0.9, -0.45), (0.9, -0.05), (-0.1, -0.05), (0.0, 0.7), (-0.55, 0.7), (-0.65, -0.05),
+            (-0.9, -0.05)],
+    "Wrench": [(-1.0, -0.4), (-0.65, -0.4), (-0.6, -0.16), (0.6, -0.16), (0.65, -0.4), (1.0, -0.4), (1.0, -0.13),
+               (0.84, -0.13), (0.84, 0.13), (1.0, 0.13), (1.0, 0.4), (0.65, 0.4), (0.6, 0.16), (-0.6, 0.16),
+               (-0.65, 0.4), (-1.0, 0.4)],
+    "Scissors": [(-1.0, -0.5), (-0.5, -0.5), (0.0, -0.14), (1.0, -0.24), (0.2, 0.0), (1.0, 0.24), (0.0, 0.14),
+                 (-0.5, 0.5), (-1.0, 0.5), (-0.65, 0.0)],
+    "Pliers": [(-1.0, -0.45), (-0.72, -0.55), (-0.05, -0.16), (1.0, -0.13), (1.0, 0.13), (-0.05, 0.16),
+               (-0.72, 0.55), (-1.0, 0.45), (-0.3, 0.0)],
+    "Hammer": [(-1.0, -0.15), (0.45, -0.15), (0.45, -0.45), (0.9, -0.45), (0.9, 0.45), (0.45, 0.45), (0.45, 0.15),
+               (-1.0, 0.15)],
 }
 
 
@@ -115,7 +121,7 @@ def render_scene(rng: np.random.Generator, width: int = 320, height: int = 256, 
     items = []
     for _ in range(threats):
         name = str(rng.choice(THREATS))
-        scale = rng.uniform(0.09, 0.16) * min(width, height) * (1.6 if name in ("Gun", "Hammer") else 1.2)
+        scale = rng.uniform(0.11, 0.16) * min(width, height) * (1.6 if name in ("Gun", "Hammer") else 1.2)
         poly = _transform(SHAPES[name], rng.uniform(0.25, 0.75) * width, rng.uniform(0.25, 0.75) * height, scale,
                           rng.uniform(0, 2 * math.pi))
         poly = [(min(max(x, 1.0), width - 2.0), min(max(y, 1.0), height - 2.0)) for x, y in poly]
