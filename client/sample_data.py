@@ -70,7 +70,7 @@ def _transform(shape: list[tuple[float, float]], cx, cy, scale, angle):
 #: threat outlines in a unit frame (x right, y down), roughly centred on the origin. Every part is
 #: at least 0.24 units thick, so that at the smallest scale each part spans about two cells of
 #: the tiny preset's latent grid (8 px): thinner strokes are lost by the VAE's downsampling and
-#: the UNet can only paint a blotch (docs/measurements.md, "why the items are blotches").
+#: the UNet can only paint a blotch (docs/measurements.md, "Why the phantom items were redrawn").
 SHAPES = {
     "Knife": [(-1.0, -0.16), (-0.2, -0.16), (-0.2, -0.3), (-0.06, -0.3), (-0.06, -0.2), (1.0, -0.2), (0.55, 0.24),
               (-0.06, 0.24), (-0.06, 0.3), (-0.2, 0.3), (-0.2, 0.16), (-1.0, 0.16)],
