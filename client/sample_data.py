@@ -88,6 +88,19 @@ SHAPES = {
 }
 
 
+#: an item lies along its box's long side, tilted at most this much (radians, about 15 degrees)
+MAX_TILT = 0.26
+
+
+def _item_angle(rng: np.random.Generator) -> float:
+    """An item's rotation: 0 (lying along x) or pi / 2 (along y), tilted by up to :data:`MAX_TILT`,
+    never flipped. Then a box and a class phrase name one pose (a wide box holds a horizontal item,
+    its blade or head on the same side as in :data:`SHAPES`), as GLIGEN's grounding assumes; with
+    free rotation the same box holds four mirror poses and the tiny UNet paints their average, a
+    blotch (docs/measurements.md, "Why items lie along their boxes")."""
+    return float(rng.choice([0.0, math.pi / 2]) + rng.uniform(-MAX_TILT, MAX_TILT))
+
+
 def render(rng: np.random.Generator, width: int = 320, height: int = 256, threats: int = 2):
     """One image (uint8 ``[H, W, 3]``) and its items ``[(class, polygon, mask bool [H, W])]``."""
     image, _, items, _ = render_scene(rng, width, height, threats)
@@ -123,7 +136,7 @@ def render_scene(rng: np.random.Generator, width: int = 320, height: int = 256, 
         name = str(rng.choice(THREATS))
         scale = rng.uniform(0.11, 0.16) * min(width, height) * (1.6 if name in ("Gun", "Hammer") else 1.2)
         poly = _transform(SHAPES[name], rng.uniform(0.25, 0.75) * width, rng.uniform(0.25, 0.75) * height, scale,
-                          rng.uniform(0, 2 * math.pi))
+                          _item_angle(rng))
         poly = [(min(max(x, 1.0), width - 2.0), min(max(y, 1.0), height - 2.0)) for x, y in poly]
         mask = _polygon_mask(size, poly)
         absorb(mask, ITEM_MU[name], rng.uniform(0.9, 1.4))
