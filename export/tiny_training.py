@@ -69,8 +69,8 @@ class StagePlan:
     lr: float
 
 
-#: the committed weights' plan: 63-79 minutes on the two-core CPU build machine (two runs from scratch,
-#: equal weights)
+#: the committed weights' plan: 60-79 minutes on the two-core CPU build machine (runs from scratch are
+#: deterministic: a second one rebuilt the previous weights exactly)
 PLAN = {"vae": StagePlan(3000, 8, 1e-3), "unet": StagePlan(2000, 8, 1e-3), "apsam": StagePlan(700, 8, 5e-4),
         "sam": StagePlan(500, 8, 5e-4), "decoder": StagePlan(1200, 8, 5e-4)}
 

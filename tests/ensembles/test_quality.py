@@ -6,9 +6,9 @@ real tritonserver (trained ``tiny`` preset), with the plain-SAM baseline (the pr
 below what the committed weights reach (docs/measurements.md, "Quality of the trained tiny
 preset"), with margin, and above what the tiny-random weights reach, so each would fail on them.
 What the weights do not reach yet is reported there, not asserted: the painted items are
-class-coloured blotches, not outlines (the colour names the class for 4 boxes in 12); CAR's
-refined box is tighter than the painted item (IoU 0.34-0.39 after vs 0.96 before), and the
-magic-wand click (0.44) beats both models on single clicks.
+mostly class-coloured blotches, a few bar-like outlines (the colour names the class for 4
+boxes in 12); CAR's refined box is tighter than the painted item (IoU 0.46-0.49 after vs 0.94
+before), and the magic-wand click (0.43) beats both models on single clicks.
 """
 
 from __future__ import annotations
@@ -46,34 +46,34 @@ def report(onnxruntime_server, baseline_repo):
 
 # Measured on the committed weights (docs/measurements/tiny_quality/quality_tiny.json) and on
 # tiny-random (quality_tiny_random.json), 6 validation bags, 12 objects:
-#   sam_iou_with_painted 0.32 (random 0.001); class_accuracy 0.33 (random 0);
-#   car_box_iou_after mps0 / mps4 0.34 / 0.39 (random 0.004 / 0.002);
-#   BOM occluded items found 0.42, their SAM IoU 0.43 (random 0 and 0.07);
-#   one-click mIoU APSAM 0.36, with adaptive points 0.38, plain-SAM baseline 0.24 (random APSAM 0.02);
-#   AMG 12.8 masks an image, recall 0.58 (random: 71 masks, recall 0).
+#   sam_iou_with_painted 0.50 (random 0.015); class_accuracy 0.33 (random 0.17);
+#   car_box_iou_after mps0 / mps4 0.46 / 0.49 (random 0 / 0.02);
+#   BOM occluded items found 0.25, their SAM IoU 0.46 (random 0 and 0.06);
+#   one-click mIoU APSAM 0.38, with adaptive points 0.43, plain-SAM baseline 0.25 (random APSAM 0.03);
+#   AMG 17.5 masks an image, recall 0.75 (random: 72 masks, recall 0).
 
 
 def test_sam_finds_the_painted_items_inside_their_boxes(report):
     s = report["synthesis"]
     assert s["painted_rate"] == 1.0, s
-    assert s["sam_iou_with_painted"] >= 0.16, s
-    assert s["class_accuracy"] >= 0.15, s
+    assert s["sam_iou_with_painted"] >= 0.3, s
+    assert s["class_accuracy"] >= 0.25, s
 
 
 def test_car_boxes_overlap_the_painted_items(report):
     s = report["synthesis"]
-    assert min(s["car_box_iou_after_mps0"], s["car_box_iou_after_mps4"]) >= 0.2, s
+    assert min(s["car_box_iou_after_mps0"], s["car_box_iou_after_mps4"]) >= 0.3, s
 
 
 def test_bom_occludes_every_box_and_the_occluded_items_stay_findable(report):
     b = report["bom"]
     assert b["applied_rate"] >= 0.5 and b["occluder_overlaps_every_box"] >= 0.8, b
-    assert b["occluded_found_rate"] >= 0.15 and b["occluded_sam_iou"] >= 0.2, b
+    assert b["occluded_found_rate"] >= 0.15 and b["occluded_sam_iou"] >= 0.3, b
 
 
 def test_one_click_apsam_masks_beat_the_plain_sam_baseline(report):
     a = report["annotation"]
-    assert a["miou"]["apsam"] >= 0.25, a
+    assert a["miou"]["apsam"] >= 0.28, a
     assert a["miou"]["apsam"] >= a["miou"]["sam"] + 0.05, a
     assert a["miou"]["apsam_apg"] >= a["miou"]["apsam"] - 0.03, a
 
@@ -81,7 +81,7 @@ def test_one_click_apsam_masks_beat_the_plain_sam_baseline(report):
 def test_automatic_masks_are_few_and_find_objects(report):
     a = report["annotation"]
     assert 1 <= a["amg_masks_per_image"] <= 40, a
-    assert a["amg_recall_at_0.5"] >= 0.3, a
+    assert a["amg_recall_at_0.5"] >= 0.45, a
 
 
 def test_the_truth_the_measurements_use_is_exact_on_real_items():
