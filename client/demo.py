@@ -84,6 +84,7 @@ def run_demo(args: argparse.Namespace) -> int:
     sheet = contact_sheet(rows, labels)
     Image.fromarray(sheet).save(args.out / "contact_sheet.png")
     print(f"\nxsyn demo: server stopped. Results, annotations and contact_sheet.png in {args.out}/")
-    print("  (tiny preset: weights `xsyn train-tiny` trained for ~80 CPU minutes on phantom X-ray bags: painted items"
-          f" are class-coloured blotches, see docs/measurements.md; defaults of the {results[0].settings['profile']!r} profile)")
+    print("  (tiny preset: weights `xsyn train-tiny` trained for ~60 CPU minutes on phantom X-ray bags: small items come"
+          " out as class-coloured outlines, large or overlapping boxes as texture, see docs/measurements.md; defaults"
+          f" of the {results[0].settings['profile']!r} profile)")
     return 0
