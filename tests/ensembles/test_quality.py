@@ -8,7 +8,8 @@ preset"), with margin, and above what the tiny-random weights reach, so each wou
 What the weights do not reach yet is reported there, not asserted: the painted items are
 mostly class-coloured blotches, a few bar-like outlines (the colour names the class for 4
 boxes in 12); CAR's refined box is tighter than the painted item (IoU 0.46-0.49 after vs 0.94
-before), and the magic-wand click (0.43) beats both models on single clicks.
+before), and the magic-wand click (0.43) beats plain APSAM (0.38) on single clicks and only
+ties APSAM with adaptive points (0.43).
 """
 
 from __future__ import annotations
