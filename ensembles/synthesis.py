@@ -35,17 +35,20 @@ from xsyn.ensembles.sam_ops import AmgSettings, SamImage, embed_images, generate
 #: predicts 0.1..0.3, so its filters keep every mask and split masks into components, or idle
 #: regions (``add`` mode, BOM occluders) are rarely found (docs/measurements.md). ``tiny-random``: untrained SAM makes
 #: the default filters reject every mask, so they are relaxed (and the idle-area range widened)
-#: so that every stage still runs. Both paste the input back outside the generated boxes: the
+#: so that every stage still runs. The tiny profiles pick ``add`` classes from the phantom classes
+#: (``xsyn/data/class_groups/phantom.json``), the only ones their weights were trained on. Both paste the input back outside the generated boxes: the
 #: tiny VAE's reconstruction is lossy.
 PROFILE_DEFAULTS = {
-    "standard": {"amg": AmgSettings(), "idle_area_range": (500.0, 30000.0), "composite_background": False},
+    "standard": {"amg": AmgSettings(), "idle_area_range": (500.0, 30000.0), "composite_background": False,
+                 "class_groups": "pidray"},
     "tiny": {"amg": AmgSettings(points_per_side=16, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                                 box_nms_thresh=0.7, split_components=True, min_component_area=64),
-             "idle_area_range": (200.0, 60000.0), "composite_background": True},
+             "idle_area_range": (200.0, 60000.0), "composite_background": True, "class_groups": "phantom"},
     "tiny-random": {"amg": AmgSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                                        box_nms_thresh=0.7, split_components=True, min_component_area=64,
                                        binarize_quantile=0.9),
-                    "idle_area_range": (200.0, 60000.0), "composite_background": True},
+                    "idle_area_range": (200.0, 60000.0), "composite_background": True,
+                    "class_groups": "phantom"},
 }
 AREA_REFERENCE = 512
 
@@ -106,8 +109,8 @@ class Synthesizer:
 
     def resolve(self, req: SynthesisRequest) -> tuple[ClassGroups, AmgSettings, IdleRules, dict]:
         """Class groups, AMG settings and idle rules for a request, plus the record of what was used."""
-        groups = req.class_groups_data or load_class_groups(req.class_groups)
         profile = PROFILE_DEFAULTS[self.assets.profile]
+        groups = req.class_groups_data or load_class_groups(req.class_groups or profile["class_groups"])
         amg = profile["amg"].for_request(self.settings, req.amg.model_dump())
         lo, hi = req.idle_area_range or profile["idle_area_range"]
         scale = (self.assets.image_size / AREA_REFERENCE) ** 2

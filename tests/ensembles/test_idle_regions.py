@@ -39,6 +39,16 @@ def test_class_comes_from_the_area_group():
     assert groups.pick_class(3000, 256, rng) in groups.groups[1].classes  # 3000 px at 256 = 12000 at 512
     hixray = load_class_groups("hixray")
     assert hixray.pick_class(50000, 512, rng) == "Tablet"
-    assert sorted(shipped_names()) == ["hixray", "opixray", "pidray"]
+    assert sorted(shipped_names()) == ["hixray", "opixray", "phantom", "pidray"]
     with pytest.raises(InvalidArgument, match="class_groups: unknown 'nope'"):
         load_class_groups("nope")
+
+
+def test_the_phantom_groups_hold_exactly_the_classes_sample_data_draws():
+    from xsyn.client.sample_data import THREATS
+
+    phantom = load_class_groups("phantom")
+    assert sorted(phantom.classes) == sorted(THREATS)
+    rng = np.random.default_rng(0)
+    assert phantom.pick_class(2000, 256, rng) == "Knife"  # 8000 px at 512
+    assert phantom.pick_class(30000, 512, rng) in ("Hammer", "Gun")

@@ -64,7 +64,7 @@ def shipped_names() -> list[str]:
 
 
 def load_class_groups(name: str) -> ClassGroups:
-    """A shipped group file by name (``pidray``, ``opixray``, ``hixray``)."""
+    """A shipped group file by name (``pidray``, ``opixray``, ``hixray``, ``phantom``)."""
     if name not in shipped_names():
         raise InvalidArgument(f"class_groups: unknown {name!r}; shipped: {shipped_names()} (or send class_groups_data)")
     text = (resources.files("xsyn") / "data" / "class_groups" / f"{name}.json").read_text()

@@ -37,7 +37,9 @@ class SynthesisRequest(BaseModel):
     500..30000); ``min_box_ratio`` defaults to the class-group file's. ``composite_background``
     pastes the input's pixels back outside the generated boxes and occluded cells (default: on
     for the tiny profiles, whose tiny VAE reconstructs a background only roughly; off otherwise,
-    as in the paper).
+    as in the paper). ``class_groups``: a shipped group file's name (default: the profile's,
+    ``pidray`` for real checkpoints, ``phantom`` for the tiny profiles, whose weights know only
+    the phantom classes) unless ``class_groups_data`` sends one.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -54,7 +56,7 @@ class SynthesisRequest(BaseModel):
     iou_threshold: float = Field(0.2, ge=0.0, le=1.0)
     idle_area_range: tuple[float, float] | None = None
     min_box_ratio: float | None = Field(None, ge=0.0, lt=1.0)
-    class_groups: str = "pidray"
+    class_groups: str | None = None
     class_groups_data: ClassGroups | None = None
     allow_unknown_classes: bool = False
     negative_prompt: str = Field("", max_length=300)
