@@ -35,9 +35,10 @@ from xsyn.ensembles.sam_ops import AmgSettings, SamImage, embed_images, generate
 #: predicts 0.1..0.3, so its filters keep every mask and split masks into components, or idle
 #: regions (``add`` mode, BOM occluders) are rarely found (docs/measurements.md). ``tiny-random``: untrained SAM makes
 #: the default filters reject every mask, so they are relaxed (and the idle-area range widened)
-#: so that every stage still runs. The tiny profiles pick ``add`` classes from the phantom classes
-#: (``xsyn/data/class_groups/phantom.json``), the only ones their weights were trained on. Both paste the input back outside the generated boxes: the
-#: tiny VAE's reconstruction is lossy.
+#: so that every stage still runs. The tiny profiles pick ``add`` classes from the phantom
+#: classes (``xsyn/data/class_groups/phantom.json``), the only ones their weights were trained
+#: on. Both paste the input back outside the generated boxes: the tiny VAE's reconstruction is
+#: lossy.
 PROFILE_DEFAULTS = {
     "standard": {"amg": AmgSettings(), "idle_area_range": (500.0, 30000.0), "composite_background": False,
                  "class_groups": "pidray"},
