@@ -34,16 +34,14 @@ def val_bags(count: int, seed: int):
     normalised 0..1 ``[N, 4]`` (tight boxes of the item masks) and the N class names."""
     import numpy as np
 
+    from xsyn.api.masks import mask_box
     from xsyn.client.sample_data import SPLITS, render_scene
 
     for k in range(count):
         rng = np.random.default_rng([seed, SPLITS["val"], k])
         image, empty, items, _ = render_scene(rng, 256, 256, threats=int(rng.integers(1, 4)))
-        boxes = []
-        for _, _, mask in items:
-            ys, xs = np.nonzero(mask)
-            boxes.append([xs.min() / 256, ys.min() / 256, (xs.max() + 1) / 256, (ys.max() + 1) / 256])
-        yield image, empty, np.array(boxes, np.float32), [name for name, _, _ in items]
+        boxes = np.array([mask_box(mask) for _, _, mask in items], np.float32) / 256
+        yield image, empty, boxes, [name for name, _, _ in items]
 
 
 def main() -> None:
